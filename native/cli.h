@@ -1,0 +1,56 @@
+/* cli.h - what the essaim subcommands share: the command table entry, file mapping,
+ * progress bar and option helpers. POSIX glue, not core. */
+#ifndef ESS_CLI_H
+#define ESS_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+typedef struct {
+    const char *name;
+    int (*fn)(int argc, char **argv); /* argv[0] is the command name */
+    const char *help;
+} ess_cmd;
+
+/* Every subcommand: int ess_cmd_NAME(int argc, char **argv); listed in commands.def. */
+#define ESS_CMD(name, fn, help) int fn(int argc, char **argv);
+#include "commands.def"
+#undef ESS_CMD
+
+/* A read-only mapping of a whole file. */
+typedef struct {
+    const uint8_t *data;
+    uint64_t size;
+    int fd;
+} ess_map;
+/* Maps path read-only; on failure prints nothing and returns -1 with a message in err. */
+int ess_map_file(ess_map *m, const char *path, char *err, size_t errlen);
+void ess_unmap(ess_map *m);
+/* Tells the kernel the bytes [off, off+len) of a mapping are no longer needed, so that
+ * streaming over a huge file keeps resident memory flat. */
+void ess_map_drop(ess_map *m, uint64_t off, uint64_t len);
+
+/* Progress bar on stderr, drawn only when stderr is a terminal (and at most ~10 times a
+ * second). total in units (bytes); label printed before the bar. */
+typedef struct {
+    const char *label;
+    uint64_t total, done;
+    double t0, last;
+    int tty;
+} ess_progress;
+void ess_progress_start(ess_progress *p, const char *label, uint64_t total);
+void ess_progress_add(ess_progress *p, uint64_t n);
+void ess_progress_end(ess_progress *p);
+
+double ess_now(void);            /* monotonic seconds */
+long ess_peak_rss_kb(void);      /* VmHWM of this process */
+/* Parses "10M", "64K", "1G", "123" into bytes; -1 on error. */
+int64_t ess_parse_size(const char *s);
+/* Formats bytes as "10.0 MB" into buf. */
+const char *ess_fmt_bytes(uint64_t n, char *buf, size_t len);
+/* Writes all n bytes or returns -1. */
+int ess_write_all(int fd, const void *p, size_t n);
+/* mkdir -p */
+int ess_mkdir_p(const char *path);
+
+#endif

@@ -1,0 +1,54 @@
+/* abi_kernels.c - the wasm exports for a node's compute kernels: memory, quantizing an
+ * activation, and dot products, as the browser node and the Node tests call them.
+ *
+ * JS owns nothing but numbers: it allocates in wasm memory with ess_alloc, fills buffers
+ * through a view of `memory.buffer`, and passes pointers. A kernels table is created once
+ * per instance (ess_kernels_new) and passed back in, so the core keeps no globals. */
+#include "quant.h"
+
+#include <stdlib.h>
+
+#define EXPORT(name) __attribute__((export_name(name)))
+
+EXPORT("ess_alloc") void *abi_alloc(size_t n) { return malloc(n ? n : 1); }
+EXPORT("ess_free") void abi_free(void *p) { free(p); }
+
+/* isa: 0 scalar reference, 2 SIMD128 (what ess_cpu_isa() reports here). */
+EXPORT("ess_kernels_new") ess_kernels *abi_kernels_new(int isa) {
+    ess_kernels *k = malloc(sizeof *k);
+    if (k) ess_kernels_init(k, isa == ESS_ISA_SIMD128 ? ESS_ISA_SIMD128 : ESS_ISA_SCALAR);
+    return k;
+}
+EXPORT("ess_kernels_free") void abi_kernels_free(ess_kernels *k) { free(k); }
+EXPORT("ess_cpu_isa") int abi_cpu_isa(void) { return (int)ess_cpu_isa(); }
+
+/* Bytes of a row of n elements of type, 0 when n does not fit its blocks. */
+EXPORT("ess_row_size") double abi_row_size(uint32_t type, int n) { return (double)ess_row_size(type, n); }
+/* The activation type a weight type's dot consumes, -1 if none. */
+EXPORT("ess_vec_dot_type") int abi_vec_dot_type(uint32_t type) {
+    const ess_type_traits *t = ess_type_info(type);
+    return t && t->has_kernels ? t->vec_dot_type : -1;
+}
+
+/* Quantizes n floats at src into dst as `type`. Returns 0, or -1 for a type without a
+ * quantizer or n not a multiple of its block. */
+EXPORT("ess_quantize") int abi_quantize(const ess_kernels *k, uint32_t type, const float *src, void *dst, int n) {
+    if (type >= ESS_TYPE_COUNT || !k->from_float[type] || !ess_row_size(type, n)) return -1;
+    k->from_float[type](src, dst, n);
+    return 0;
+}
+
+EXPORT("ess_dequantize") int abi_dequantize(const ess_kernels *k, uint32_t type, const void *src, float *dst, int n) {
+    if (type >= ESS_TYPE_COUNT || !k->to_float[type] || !ess_row_size(type, n)) return -1;
+    k->to_float[type](src, dst, n);
+    return 0;
+}
+
+/* Dot of n elements: weight row w of wtype with activation a of its vec_dot_type. NaN for
+ * a type without a dot or a bad n (JS checks with Number.isNaN). */
+EXPORT("ess_vec_dot") float abi_vec_dot(const ess_kernels *k, uint32_t wtype, int n, const void *w, const void *a) {
+    if (wtype >= ESS_TYPE_COUNT || !k->vec_dot[wtype] || !ess_row_size(wtype, n)) return __builtin_nanf("");
+    float s;
+    k->vec_dot[wtype](n, &s, w, a);
+    return s;
+}
