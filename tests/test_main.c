@@ -37,15 +37,26 @@ const char *ess_test_models_dir(void) {
     return stat(dir, &st) == 0 && S_ISDIR(st.st_mode) ? dir : NULL;
 }
 
+/* Paths handed out by ess_test_model, freed at exit so LeakSanitizer stays quiet. */
+static char *model_paths[256];
+static int n_model_paths;
+
+static void free_model_paths(void) {
+    for (int i = 0; i < n_model_paths; i++) free(model_paths[i]);
+    n_model_paths = 0;
+}
+
 const char *ess_test_model(const char *file) {
     const char *d = ess_test_models_dir();
     struct stat st;
-    if (!d) return NULL;
+    if (!d || n_model_paths == (int)(sizeof model_paths / sizeof model_paths[0])) return NULL;
     size_t n = strlen(d) + strlen(file) + 2;
     char *p = malloc(n);
     if (!p) return NULL;
     snprintf(p, n, "%s/%s", d, file);
     if (stat(p, &st) != 0) { free(p); return NULL; }
+    if (n_model_paths == 0) atexit(free_model_paths);
+    model_paths[n_model_paths++] = p;
     return p;
 }
 
