@@ -101,7 +101,7 @@ int ess_gguf_get_u64(ess_gguf *g, const char *key, uint64_t *out);
 int ess_gguf_get_u32(ess_gguf *g, const char *key, uint32_t *out);
 int ess_gguf_get_i64(ess_gguf *g, const char *key, int64_t *out);
 int ess_gguf_get_f32(ess_gguf *g, const char *key, float *out);
-int ess_gguf_get_bool(ess_gguf *g, const char *key, int *out);
+int ess_gguf_get_bool(ess_gguf *g, const char *key, int *out); /* BOOL only */
 int ess_gguf_get_str(ess_gguf *g, const char *key, ess_str *out);
 /* Array access: *kv set to the array pair when key names an array of elem_type
  * (elem_type < 0 accepts any). */
@@ -128,6 +128,9 @@ const char *ess_gguf_vtype_name(uint32_t type);
  * All strings and arrays are copied; tensor data is not touched by the writer. */
 typedef struct ess_gguf_writer ess_gguf_writer;
 
+/* version 2 or 3; alignment a power of two (0 = the default 32). NULL on a bad argument
+ * or no memory. A non-default alignment is written as general.alignment (after the other
+ * pairs) unless the caller sets that key, which then sets the alignment. */
 ess_gguf_writer *ess_gguf_w_new(uint32_t version, uint32_t alignment);
 void ess_gguf_w_free(ess_gguf_writer *w);
 const char *ess_gguf_w_err(const ess_gguf_writer *w);
@@ -141,6 +144,9 @@ int ess_gguf_w_set_str(ess_gguf_writer *w, const char *key, const char *v);
 /* Numeric array of elem_type with n elements laid out as in the file. */
 int ess_gguf_w_set_arr(ess_gguf_writer *w, const char *key, uint32_t elem_type, const void *data, uint64_t n);
 int ess_gguf_w_set_arr_str(ess_gguf_writer *w, const char *key, const char *const *v, uint64_t n);
+/* Any value from its encoded bytes as in the file (for arrays: from the element type on);
+ * val must be exactly one well-formed value of `type`, nested arrays included. */
+int ess_gguf_w_set_raw(ess_gguf_writer *w, const char *key, uint32_t type, const void *val, uint64_t n);
 /* Copies pair i of a parsed file verbatim (any type, nested arrays included). */
 int ess_gguf_w_copy_kv(ess_gguf_writer *w, const ess_gguf *g, uint64_t i);
 /* Appends a tensor of `type` and shape ne[0..n_dims); data offsets are assigned in order. */
@@ -151,8 +157,8 @@ uint64_t ess_gguf_w_header_size(const ess_gguf_writer *w);
 /* Serializes the header (with padding) into out, which holds at least header_size bytes. */
 int ess_gguf_w_header(ess_gguf_writer *w, uint8_t *out, uint64_t cap);
 uint64_t ess_gguf_w_n_tensors(const ess_gguf_writer *w);
-uint64_t ess_gguf_w_tensor_offset(const ess_gguf_writer *w, uint64_t i); /* relative to data start */
+uint64_t ess_gguf_w_tensor_offset(const ess_gguf_writer *w, uint64_t i); /* relative to data start; UINT64_MAX if no tensor i */
 uint64_t ess_gguf_w_tensor_size(const ess_gguf_writer *w, uint64_t i);
-uint64_t ess_gguf_w_total_size(const ess_gguf_writer *w); /* whole file */
+uint64_t ess_gguf_w_total_size(const ess_gguf_writer *w); /* whole file, last tensor padded as llama.cpp writes it */
 
 #endif
