@@ -1,0 +1,348 @@
+// relay_ws.test.mjs - essaim-relay over WebSocket with fake nodes and askers
+// (docs/protocol.md): join and identity, assignment, download, possession checks,
+// compute routing with failover, heartbeat death and re-replication, and every kind of
+// bad input of issue 4 item 8 (each gets an ERROR or a close, and the relay keeps serving
+// the others), plus wss (item 9). Needs build/essaim-relay and build/essaim
+// ($ESSAIM_BUILD to use another build folder). Run: node --test tests/js/
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import {
+  haveBinaries, makeStore, startRelay, Peer, FakeNode, frame, parse, computePayload, resultPayload, T, E, sleep, makeCert,
+  WebSocket,
+} from './relay_util.mjs';
+
+const skip = haveBinaries ? false : 'build/essaim-relay or build/essaim missing (set ESSAIM_BUILD)';
+let st;
+before(() => { if (!skip) st = makeStore(); });
+after(() => st?.cleanup());
+
+// The first fragment holding a plain matrix (rows > 1): id, item index, rows, ne0.
+function matrixFrag(manifest) {
+  for (const f of manifest.fragments)
+    for (const [k, it] of (f.items || []).entries())
+      if (it.tensor && it.type === 'F32' && it.row_last > it.row_first)
+        return { id: f.id, item: k, rows: it.row_last - it.row_first + 1, ne0: it.bytes / 4 / (it.row_last - it.row_first + 1) };
+  throw new Error('no F32 matrix fragment');
+}
+
+async function nodeHolding(relay, ids, mode = 'good', budget = undefined) {
+  const n = new FakeNode(relay, { mode });
+  await n.join(['node']);
+  for (const id of ids) await n.fetch(id);
+  n.announce(budget);
+  return n;
+}
+
+async function proofsDone(relay, want) {
+  for (let i = 0; i < 100; i++) {
+    const s = await (await fetch(`${relay.http}/api/stats`)).json();
+    if (s.counters.proofs_ok >= want) return s;
+    await sleep(50);
+  }
+  throw new Error('possession checks did not complete');
+}
+
+test('handshake: node identity proven, asker anonymous, bad signature refused', { skip }, async () => {
+  const relay = await startRelay(st.store);
+  try {
+    const n = new Peer(relay.ws);
+    const w = await n.join(['node']);
+    assert.equal(w.json.node_id, n.nodeId());
+    assert.equal(w.json.heartbeat_s, 30);
+    assert.equal(w.json.dead_after, 3);
+    const a = new Peer(relay.ws);
+    const wa = await a.join(['asker']);
+    assert.equal(wa.json.node_id, undefined);
+    // wrong signature
+    const bad = new Peer(relay.ws);
+    await bad.open();
+    bad.send(frame(T.HELLO, 0, { proto: 1, roles: ['node'], pubkey: bad.pub.toString('hex') }));
+    await bad.next((f) => f.type === T.CHALLENGE);
+    bad.send(frame(T.AUTH, 0, { sig: '00'.repeat(64) }));
+    const er = await bad.next((f) => f.type === T.ERROR);
+    assert.equal(er.code, E.UNAUTHORIZED);
+    assert.equal((await bad.waitClose()).code, 1008);
+    // node without a key
+    const nokey = new Peer(relay.ws);
+    await nokey.open();
+    nokey.send(frame(T.HELLO, 0, { proto: 1, roles: ['node'] }));
+    assert.equal((await nokey.next((f) => f.type === T.ERROR)).code, E.UNAUTHORIZED);
+    // anything but HELLO first
+    const rude = new Peer(relay.ws);
+    await rude.open();
+    rude.send(frame(T.STATS, 5, {}));
+    assert.equal((await rude.next((f) => f.type === T.ERROR)).code, E.UNEXPECTED);
+    assert.equal((await rude.waitClose()).code, 1008);
+    // a client that asks for no subprotocol still reaches the protocol
+    const bare = new WebSocket(relay.ws);
+    const got = new Promise((res, rej) => { bare.on('message', (d) => res(parse(d))); bare.on('error', rej); });
+    bare.on('open', () => bare.send(frame(T.HELLO, 0, { proto: 1, roles: ['viewer'] })));
+    assert.equal((await got).type, T.WELCOME);
+    bare.close();
+    // the first two are still served
+    a.send(frame(T.STATS, 9, {}));
+    const s = await a.next((f) => f.type === T.STATS);
+    assert.equal(s.id, 9n);
+    assert.equal(s.json.nodes.live, 1);
+    n.close(); a.close();
+  } finally { await relay.stop(); }
+});
+
+test('assignment, download with sha256, possession check, compute routed and answered', { skip }, async () => {
+  const relay = await startRelay(st.store, ['--replicas', '1']);
+  try {
+    const n = new FakeNode(relay);
+    await n.join(['node']);
+    n.announce(); // nothing held, 1 GiB budget: every fragment gets assigned
+    const as = await n.next((f) => f.type === T.ASSIGN);
+    assert.equal(as.json.fragments.length, st.manifest.fragments.length);
+    const a0 = as.json.fragments[0];
+    assert.equal(a0.url, `/fragments/${a0.id}`);
+    assert.ok(['header', 'always', 'expert'].includes(a0.class));
+    for (const a of as.json.fragments) await n.fetch(a.id);
+    n.announce();
+    const s = await proofsDone(relay, st.manifest.fragments.length);
+    assert.equal(s.fragments.lost, 0);
+    assert.equal(s.fragments.under_replicated, 0);
+
+    const m = matrixFrag(st.manifest);
+    const asker = new Peer(relay.ws);
+    await asker.join(['asker']);
+    const nIn = m.ne0, r0 = 1, r1 = Math.min(m.rows, 5);
+    asker.send(frame(T.COMPUTE, 42, computePayload({ frag: m.id, item: m.item, r0, r1, nIn, nTok: 2 })));
+    const res = await asker.next((f) => f.type === T.RESULT);
+    assert.equal(res.id, 42n);
+    assert.equal(res.n_tok, 2);
+    assert.equal(res.n_cols, r1 - r0);
+    // the values are the node's dot products, forwarded byte for byte
+    const w = n.held.get(m.id);
+    assert.ok(w);
+    assert.equal(n.computed, 1);
+    assert.ok(Number.isFinite(res.body.readFloatLE(8)));
+    n.close(); asker.close();
+  } finally { await relay.stop(); }
+});
+
+test('a node claiming a fragment it lacks fails the possession check (BAD_PROOF)', { skip }, async () => {
+  const relay = await startRelay(st.store, ['--replicas', '1']);
+  try {
+    const m = matrixFrag(st.manifest);
+    const liar = await nodeHolding(relay, [m.id], 'liar');
+    const er = await liar.next((f) => f.type === T.ERROR && f.code === E.BAD_PROOF);
+    assert.match(er.text, /digest/);
+    const s = await (await fetch(`${relay.http}/api/stats`)).json();
+    assert.equal(s.counters.proofs_bad, 1);
+    assert.equal(s.fragments.replicas_live, 0);
+    // and an id it never heard of
+    liar.send(frame(T.HOLDINGS, 0, { fragments: ['ab'.repeat(32)], budget: 1 << 20 }));
+    assert.equal((await liar.next((f) => f.type === T.ERROR && f.code === E.UNKNOWN_FRAGMENT)).code, E.UNKNOWN_FRAGMENT);
+    liar.close();
+  } finally { await relay.stop(); }
+});
+
+test('wrong-length result: BAD_SIZE to the node, re-sent to another replica', { skip }, async () => {
+  const relay = await startRelay(st.store, ['--replicas', '2']);
+  try {
+    const m = matrixFrag(st.manifest);
+    const bad = await nodeHolding(relay, [m.id], 'wronglen');
+    await proofsDone(relay, 1);
+    const good = await nodeHolding(relay, [m.id], 'good');
+    await proofsDone(relay, 2);
+    const asker = new Peer(relay.ws);
+    await asker.join(['asker']);
+    // both idle: whichever is picked first, the asker gets one right answer
+    for (let i = 1; i <= 2; i++) {
+      asker.send(frame(T.COMPUTE, 100 + i, computePayload({ frag: m.id, item: m.item, r0: 0, r1: 3, nIn: m.ne0 })));
+      const res = await asker.next((f) => f.type === T.RESULT || f.type === T.ERROR);
+      assert.equal(res.type, T.RESULT, res.text);
+      assert.equal(res.id, BigInt(100 + i));
+      assert.equal(res.n_cols, 3);
+    }
+    assert.ok(bad.computed >= 1);
+    const er = await bad.next((f) => f.type === T.ERROR && f.code === E.BAD_SIZE);
+    assert.ok(er);
+    const s = await (await fetch(`${relay.http}/api/stats`)).json();
+    assert.ok(s.counters.results_bad >= 1);
+    bad.close(); good.close(); asker.close();
+  } finally { await relay.stop(); }
+});
+
+test('deadline: a silent replica times out, the request goes to another; none left -> NO_REPLICA', { skip }, async () => {
+  const relay = await startRelay(st.store, ['--replicas', '2', '--request-timeout', '300']);
+  try {
+    const m = matrixFrag(st.manifest);
+    const silent = await nodeHolding(relay, [m.id], 'silent');
+    await proofsDone(relay, 1);
+    const asker = new Peer(relay.ws);
+    await asker.join(['asker']);
+    // only the silent node: times out, nobody left
+    asker.send(frame(T.COMPUTE, 7, computePayload({ frag: m.id, item: m.item, r0: 0, r1: 2, nIn: m.ne0 })));
+    const e1 = await asker.next((f) => f.type === T.ERROR);
+    assert.equal(e1.id, 7n);
+    assert.equal(e1.code, E.NO_REPLICA);
+    const good = await nodeHolding(relay, [m.id], 'good');
+    await proofsDone(relay, 2);
+    // the silent node is the least loaded again (it answered nothing): first attempt may go
+    // to it; after 300 ms the good one answers
+    asker.send(frame(T.COMPUTE, 8, computePayload({ frag: m.id, item: m.item, r0: 0, r1: 2, nIn: m.ne0 })));
+    const r = await asker.next((f) => f.id === 8n);
+    assert.equal(r.type, T.RESULT, r.text);
+    // a late duplicate from the silent node is dropped: answer with its old id
+    silent.send(frame(T.RESULT, 1n, resultPayload(1, 2)));
+    await sleep(100);
+    assert.equal(asker.frames.filter((f) => f.type === T.RESULT).length, 0);
+    // the asker's own deadline
+    silent.close(); good.close();
+    await sleep(200);
+    asker.send(frame(T.COMPUTE, 9, computePayload({ frag: m.id, item: m.item, r0: 0, r1: 2, nIn: m.ne0 })));
+    assert.equal((await asker.next((f) => f.id === 9n)).code, E.NO_REPLICA);
+    asker.close();
+  } finally { await relay.stop(); }
+});
+
+test('heartbeats: a silent node is dead after the missed beats and its fragments are re-assigned', { skip }, async () => {
+  const relay = await startRelay(st.store, ['--replicas', '1', '--heartbeat', '1', '--missed', '2']);
+  try {
+    const ids = st.manifest.fragments.slice(0, 3).map((f) => f.id);
+    const room = st.manifest.fragments.slice(0, 3).reduce((a, f) => a + f.size, 0);
+    const quiet = await nodeHolding(relay, ids, 'good', room); // full: gets nothing more
+    await proofsDone(relay, 3);
+    const other = new FakeNode(relay);
+    await other.join(['node']);
+    other.announce(1 << 30);
+    const first = await other.next((f) => f.type === T.ASSIGN); // the fragments nobody held
+    assert.equal(first.json.fragments.length, st.manifest.fragments.length - 3);
+    const t0 = Date.now();
+    const beat = setInterval(() => other.send(frame(T.HEARTBEAT, 1, { inflight: 0 })), 300);
+    try {
+      const closed = await quiet.waitClose(6000);
+      assert.ok(closed, 'silent node not closed');
+      assert.equal(closed.code, 1008);
+      assert.ok(Date.now() - t0 >= 1000);
+      const again = await other.next((f) => f.type === T.ASSIGN, 3000);
+      assert.deepEqual(again.json.fragments.map((f) => f.id).sort(), [...ids].sort());
+      const hb = await other.next((f) => f.type === T.HEARTBEAT);
+      assert.equal(hb.id, 1n);
+      assert.ok(hb.json.t > 0);
+    } finally { clearInterval(beat); }
+    const s = await (await fetch(`${relay.http}/api/stats`)).json();
+    assert.equal(s.counters.nodes_dead, 1);
+    other.close();
+  } finally { await relay.stop(); }
+});
+
+test('bad input: malformed, truncated, oversized, text, wrong version, bad sizes; others unaffected', { skip }, async () => {
+  const relay = await startRelay(st.store, ['--replicas', '1']);
+  try {
+    const m = matrixFrag(st.manifest);
+    const node = await nodeHolding(relay, [m.id]);
+    await proofsDone(relay, 1);
+    const bystander = new Peer(relay.ws);
+    await bystander.join(['asker']);
+
+    const a = new Peer(relay.ws);
+    await a.join(['asker']);
+    // bad magic, then a truncated COMPUTE: two BAD_FRAMEs, connection kept
+    a.send(frame(T.STATS, 1, {}, { magic: 'XX' }));
+    let e = await a.next((f) => f.type === T.ERROR);
+    assert.equal(e.code, E.BAD_FRAME);
+    const full = frame(T.COMPUTE, 2, computePayload({ frag: m.id, item: m.item, r0: 0, r1: 2, nIn: m.ne0 }));
+    a.send(full.subarray(0, full.length - 5));
+    e = await a.next((f) => f.type === T.ERROR);
+    assert.equal(e.code, E.BAD_FRAME);
+    // activations of the wrong size (n_in says one thing, the bytes another)
+    const p = computePayload({ frag: m.id, item: m.item, r0: 0, r1: 2, nIn: m.ne0 });
+    a.send(frame(T.COMPUTE, 3, Buffer.concat([p, Buffer.alloc(4)])));
+    e = await a.next((f) => f.type === T.ERROR);
+    assert.equal(e.code, E.BAD_FRAME);
+    assert.equal((await a.waitClose()).code, 1008); // third strike within 60 s
+
+    const b = new Peer(relay.ws);
+    await b.join(['asker']);
+    // n_in that is not the item's row length: BAD_SIZE; rows past the item: BAD_SIZE
+    b.send(frame(T.COMPUTE, 4, computePayload({ frag: m.id, item: m.item, r0: 0, r1: 2, nIn: m.ne0 * 2 })));
+    assert.equal((await b.next((f) => f.id === 4n)).code, E.BAD_SIZE);
+    b.send(frame(T.COMPUTE, 5, computePayload({ frag: m.id, item: m.item, r0: 0, r1: m.rows + 1, nIn: m.ne0 })));
+    assert.equal((await b.next((f) => f.id === 5n)).code, E.BAD_SIZE);
+    // unknown fragment
+    b.send(frame(T.COMPUTE, 6, computePayload({ frag: 'cd'.repeat(32), item: 0, r0: 0, r1: 1, nIn: 64 })));
+    const uf = await b.next((f) => f.id === 6n);
+    assert.equal(uf.code, E.UNKNOWN_FRAGMENT);
+    assert.match(uf.text, /cdcdcd/);
+    // a node-only frame from an asker: UNEXPECTED, kept
+    b.send(frame(T.HOLDINGS, 0, { fragments: [], budget: 0 }));
+    assert.equal((await b.next((f) => f.type === T.ERROR)).code, E.UNEXPECTED);
+
+    // oversized: refused from its header, close 1009
+    const c = new Peer(relay.ws);
+    await c.join(['asker']);
+    const big = frame(T.HOLDINGS, 0, Buffer.from('{}'), { len: (1 << 20) + 1 });
+    c.send(big);
+    assert.equal((await c.next((f) => f.type === T.ERROR)).code, E.BAD_FRAME);
+    assert.equal((await c.waitClose()).code, 1009);
+    // wrong version: close 1002
+    const d = new Peer(relay.ws);
+    await d.join(['asker']);
+    d.send(frame(T.STATS, 1, {}, { version: 9 }));
+    assert.equal((await d.next((f) => f.type === T.ERROR)).code, E.UNSUPPORTED_VERSION);
+    assert.equal((await d.waitClose()).code, 1002);
+    // a text message: close 1003
+    const t = new Peer(relay.ws);
+    await t.join(['asker']);
+    t.sendText('hello?');
+    assert.equal((await t.next((f) => f.type === T.ERROR)).code, E.BAD_FRAME);
+    assert.equal((await t.waitClose()).code, 1003);
+    // garbage JSON in HELLO
+    const g = new Peer(relay.ws);
+    await g.open();
+    g.send(frame(T.HELLO, 0, Buffer.from('{"proto":1,')));
+    assert.equal((await g.next((f) => f.type === T.ERROR)).code, E.BAD_FRAME);
+
+    // the bystander and the node were never disturbed
+    bystander.send(frame(T.COMPUTE, 77, computePayload({ frag: m.id, item: m.item, r0: 0, r1: 2, nIn: m.ne0 })));
+    const ok = await bystander.next((f) => f.id === 77n);
+    assert.equal(ok.type, T.RESULT);
+    const s = await (await fetch(`${relay.http}/api/stats`)).json();
+    assert.ok(s.counters.bad_frames >= 6);
+    assert.ok(relay.log().includes('BAD_FRAME'));
+    node.close(); bystander.close(); b.close();
+  } finally { await relay.stop(); }
+});
+
+test('flood: one peer over its rate limit gets RATE_LIMITED, the others are served', { skip }, async () => {
+  const relay = await startRelay(st.store, ['--rate', '20', '--burst', '20']);
+  try {
+    const flood = new Peer(relay.ws);
+    await flood.join(['asker']);
+    const calm = new Peer(relay.ws);
+    await calm.join(['asker']);
+    for (let i = 0; i < 200; i++) flood.send(frame(T.STATS, 1000 + i, {}));
+    const e = await flood.next((f) => f.type === T.ERROR);
+    assert.equal(e.code, E.RATE_LIMITED);
+    await sleep(300);
+    const answered = flood.frames.filter((f) => f.type === T.STATS).length + 0;
+    assert.ok(answered <= 30, `${answered} answered`);
+    calm.send(frame(T.STATS, 5, {}));
+    assert.equal((await calm.next((f) => f.type === T.STATS)).id, 5n);
+    const s = await (await fetch(`${relay.http}/api/stats`)).json();
+    assert.ok(s.counters.rate_limited >= 150);
+    flood.close(); calm.close();
+  } finally { await relay.stop(); }
+});
+
+test('TLS: wss and https with a given certificate', { skip }, async () => {
+  const tls = makeCert(st.dir);
+  const relay = await startRelay(st.store, [], { tls });
+  try {
+    const a = new Peer(relay.ws);
+    const w = await a.join(['asker']);
+    assert.equal(w.type, T.WELCOME);
+    a.send(frame(T.STATS, 3, {}));
+    const s = await a.next((f) => f.type === T.STATS);
+    assert.equal(s.json.tls, true);
+    a.close();
+    // plain ws on the TLS port does not get through
+    const plain = new Peer(relay.ws.replace('wss:', 'ws:'));
+    await assert.rejects(plain.open());
+  } finally { await relay.stop(); }
+});
