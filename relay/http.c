@@ -370,6 +370,22 @@ char *ess_relay_stats_json(ess_relay *r) {
                                                "timeouts", (json_int_t)n->stats.timeouts,
                                                "bad_answers", (json_int_t)n->stats.bad_answers));
     }
+    /* replica_histogram[i]: fragments with exactly i live replicas; the last bin counts
+     * every fragment with more. Sized so the replication target and one above show. */
+    enum { HIST_BINS = 10 };
+    uint32_t hist[HIST_BINS] = {0};
+    for (uint32_t f = 0; f < r->dir.n_frags; f++) {
+        uint32_t rep = ess_dir_live_replicas(&r->dir, f);
+        hist[rep < HIST_BINS ? rep : HIST_BINS - 1]++;
+    }
+    uint32_t n_bins = r->dir.cfg.replicas + 2 < HIST_BINS ? r->dir.cfg.replicas + 2 : HIST_BINS;
+    json_t *histogram = json_array();
+    for (uint32_t i = 0; i < n_bins; i++) {
+        uint32_t v = hist[i];
+        if (i == n_bins - 1)
+            for (uint32_t j = n_bins; j < HIST_BINS; j++) v += hist[j];
+        json_array_append_new(histogram, json_integer(v));
+    }
     int64_t known = r->db ? ess_store_node_count(r->db) : (int64_t)s.nodes_known;
     json_t *o = json_pack("{s:s,s:I,s:b,s:i,s:{s:i,s:i,s:I,s:i},s:{s:i,s:i,s:i,s:I,s:I},s:i,s:o,s:o,s:o}",
                           "relay", "essaim-relay", "uptime_s", (json_int_t)((now - r->start_ms) / 1000), "tls", r->tls,
@@ -382,6 +398,8 @@ char *ess_relay_stats_json(ess_relay *r) {
                           (json_int_t)s.bytes_stored,
                           "requests_inflight", (int)s.requests_inflight, "counters", counters_json(r), "models", models,
                           "live_nodes", nodes);
+    if (o) json_object_set_new(o, "replica_histogram", histogram);
+    else json_decref(histogram);
     if (!o) return NULL;
     char *txt = json_dumps(o, JSON_COMPACT);
     json_decref(o);

@@ -892,7 +892,9 @@ static void set_rate(ess_sess *s) {
     else if (s->roles & ROLE_ASKER) ess_rate_init(&s->rate, s->r->o.rate, s->r->o.burst, now);
     else if (s->roles & ROLE_NODE) ess_rate_init(&s->rate, 200, 400, now);
     else ess_rate_init(&s->rate, 10, 20, now);
-    if (s->state != ST_NEW && tokens < s->rate.tokens) s->rate.tokens = tokens < 0 ? 0 : tokens;
+    /* During the handshake a peer keeps what it spent; once READY it gets its role's full
+     * burst, so a node that rejoins with many fragments can answer every POSSESS at once. */
+    if (s->state != ST_NEW && s->state != ST_READY && tokens < s->rate.tokens) s->rate.tokens = tokens < 0 ? 0 : tokens;
 }
 
 static void rx_reset(ess_sess *s) {
