@@ -54,11 +54,12 @@ if [ "$tests" = 1 ]; then
   build build-asan -DCMAKE_BUILD_TYPE=Debug -DESSAIM_SANITIZE=ON
   echo "setup: building fuzzers (build-fuzz/)"
   CC=clang build build-fuzz -DCMAKE_BUILD_TYPE=Debug -DESSAIM_FUZZ=ON
-  for d in tests/ref tests/web; do
-    if [ -f "$d/package-lock.json" ] && [ ! -d "$d/node_modules" ]; then
-      echo "setup: npm ci in $d"
-      (cd "$d" && NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm ci --omit=optional --no-audit --no-fund --loglevel=error >/dev/null)
-    fi
-  done
+  # tests/ref (node-llama-cpp, llama.cpp's prebuilt CPU build) has its own installer: its
+  # optional per-platform packages were never all published, so plain `npm ci` refuses it.
+  [ -d tests/ref/node_modules/node-llama-cpp ] || { echo "setup: installing llama.cpp reference (tests/ref)"; sh tests/ref/setup.sh >/dev/null; }
+  if [ ! -d tests/web/node_modules ]; then
+    echo "setup: npm ci in tests/web"
+    (cd tests/web && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  fi
 fi
 echo "setup: done"
