@@ -282,8 +282,8 @@ static void usage(FILE *f) {
             "  --heartbeat SECONDS    heartbeat period told to nodes (default 30); dead after 3 missed\n"
             "  --missed N             missed heartbeats before a node is dead (default 3)\n"
             "  --request-timeout MS   deadline of one compute attempt when the asker sets none (default 10000)\n"
-            "  --rate N               frames per second allowed per peer (default 2000)\n"
-            "  --burst N              burst size of the rate limit (default 4000)\n"
+            "  --rate N               frames per second allowed per asker (default 20000)\n"
+            "  --burst N              burst size of the rate limit (default 40000)\n"
             "  --max-frame BYTES      largest WebSocket message accepted (default 64M + 20, the wire cap)\n"
             "  --tls-cert FILE        PEM certificate: serve wss:// and https://\n"
             "  --tls-key FILE         PEM private key of the certificate\n"
@@ -331,8 +331,8 @@ int main(int argc, char **argv) {
     o->heartbeat_s = 30;
     o->missed_beats = 3;
     o->request_timeout_ms = 10000;
-    o->rate = 2000;
-    o->burst = 4000;
+    o->rate = 20000; /* a TinyLlama token is ~300 requests: leave room for ~60 tok/s */
+    o->burst = 40000;
     o->max_frame = ESS_WIRE_MAX_FRAME;
     static const struct option lo[] = {
         {"listen", 1, 0, 'l'}, {"store", 1, 0, 's'}, {"db", 1, 0, 'd'}, {"web", 1, 0, 'w'},
