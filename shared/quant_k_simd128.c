@@ -22,14 +22,25 @@ static inline float hsum_f32x4(v128_t v) {
            wasm_f32x4_extract_lane(v, 2) + wasm_f32x4_extract_lane(v, 3);
 }
 
-static inline int32_t hsum_i32x4(v128_t v) {
-    return wasm_i32x4_extract_lane(v, 0) + wasm_i32x4_extract_lane(v, 1) +
-           wasm_i32x4_extract_lane(v, 2) + wasm_i32x4_extract_lane(v, 3);
-}
-
 /* sum over 16 byte pairs a[i]*b[i] as eight int16 lanes (each lane two products) */
 static inline v128_t mul16(v128_t a, v128_t b) {
     return wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(a, b), wasm_i16x8_extmul_high_i8x16(a, b));
+}
+
+/* fp16 -> fp32 inline (wasm has no conversion instruction and the block scales are read
+ * twice per 256 weights): the half's bits moved to a float's place read as a float 2^112
+ * too small, for normals and subnormals alike, so one exact multiply fixes it. */
+static inline float half_to_float(ess_fp16 h) {
+    uint32_t bits = (uint32_t)(h & 0x7fff) << 13;
+    float f;
+    if ((h & 0x7c00) == 0x7c00) { /* Inf, NaN: the maximal exponent */
+        bits |= 0x7f800000u;
+        memcpy(&f, &bits, 4);
+    } else {
+        memcpy(&f, &bits, 4);
+        f *= 0x1p112f;
+    }
+    return (h & 0x8000) ? -f : f;
 }
 
 void ess_vec_dot_q4_K_q8_K_simd128(int n, float *s, const void *vw, const void *va) {
@@ -37,45 +48,55 @@ void ess_vec_dot_q4_K_q8_K_simd128(int n, float *s, const void *vw, const void *
     const ess_block_q8_K *y = va;
     const int nb = n / ESS_QK_K;
     const v128_t m4 = wasm_i8x16_splat(0x0F);
-    v128_t acc = wasm_f32x4_splat(0.0f);
-    float summs = 0;
+    v128_t acc = wasm_f32x4_splat(0.0f), accm = wasm_f32x4_splat(0.0f);
 
     for (int i = 0; i < nb; ++i) {
-        const float d = ess_fp16_to_fp32(x[i].d) * y[i].d;
-        const float dmin = ess_fp16_to_fp32(x[i].dmin) * y[i].d;
+        const float d = half_to_float(x[i].d) * y[i].d;
+        const float dmin = half_to_float(x[i].dmin) * y[i].d;
 
-        /* the eight 6-bit scales and mins, as get_scale_min_k4 in quant_k.c */
-        const uint8_t *p = x[i].scales;
-        uint8_t sc[8], mn[8];
-        for (int j = 0; j < 4; ++j) {
-            sc[j] = p[j] & 63;
-            mn[j] = p[j + 4] & 63;
-            sc[j + 4] = (uint8_t)((p[j + 8] & 0xF) | ((p[j] >> 6) << 4));
-            mn[j + 4] = (uint8_t)((p[j + 8] >> 4) | ((p[j + 4] >> 6) << 4));
-        }
-        /* sum over 16-sums b of b * (min of its 32): dot with each min doubled */
+        /* The eight 6-bit scales and mins of get_scale_min_k4 (quant_k.c), unpacked a word
+         * at a time: u[0..1] = scales 0..7, u[2..3] = mins 0..7, one byte each. */
+        uint32_t u[4];
+        memcpy(u, x[i].scales, 12);
+        u[3] = ((u[2] >> 4) & 0x0f0f0f0fu) | (((u[1] >> 6) & 0x03030303u) << 4);
+        const uint32_t mins03 = u[1] & 0x3f3f3f3fu;
+        u[1] = (u[2] & 0x0f0f0f0fu) | (((u[0] >> 6) & 0x03030303u) << 4);
+        u[2] = mins03;
+        u[0] &= 0x3f3f3f3fu;
+        const v128_t sm = wasm_v128_load(u);
+        const v128_t sc16 = wasm_u16x8_extend_low_u8x16(sm), mn16 = wasm_u16x8_extend_high_u8x16(sm);
+
+        /* mins: sum over 32-groups g of min g times the group's activation sum (two Q8_K
+         * 16-sums, |pair| <= 4096 fits int16) */
         const v128_t b0 = wasm_v128_load(y[i].bsums), b1 = wasm_v128_load(y[i].bsums + 8);
-        const v128_t mn0 = wasm_i16x8_make(mn[0], mn[0], mn[1], mn[1], mn[2], mn[2], mn[3], mn[3]);
-        const v128_t mn1 = wasm_i16x8_make(mn[4], mn[4], mn[5], mn[5], mn[6], mn[6], mn[7], mn[7]);
-        const v128_t pm = wasm_i32x4_add(wasm_i32x4_dot_i16x8(b0, mn0), wasm_i32x4_dot_i16x8(b1, mn1));
-        summs -= dmin * (float)hsum_i32x4(pm);
+        const v128_t pairs = wasm_i16x8_add(wasm_i16x8_shuffle(b0, b1, 0, 2, 4, 6, 8, 10, 12, 14),
+                                            wasm_i16x8_shuffle(b0, b1, 1, 3, 5, 7, 9, 11, 13, 15));
+        accm = wasm_f32x4_add(accm, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(wasm_i32x4_dot_i16x8(pairs, mn16)),
+                                                   wasm_f32x4_splat(dmin)));
 
         const uint8_t *q4 = x[i].qs;
         const int8_t *q8 = y[i].qs;
         v128_t sumi = wasm_i32x4_splat(0);
-        for (int j = 0; j < ESS_QK_K / 64; ++j) {
-            const v128_t bits0 = wasm_v128_load(q4 + 32 * j), bits1 = wasm_v128_load(q4 + 32 * j + 16);
-            const v128_t y0 = wasm_v128_load(q8 + 64 * j), y1 = wasm_v128_load(q8 + 64 * j + 16);
-            const v128_t y2 = wasm_v128_load(q8 + 64 * j + 32), y3 = wasm_v128_load(q8 + 64 * j + 48);
-            /* 4 products of 0..15 by -128..127 per lane: |sum| <= 7680 fits int16 */
-            const v128_t slo = wasm_i16x8_add(mul16(wasm_v128_and(bits0, m4), y0), mul16(wasm_v128_and(bits1, m4), y1));
-            const v128_t shi = wasm_i16x8_add(mul16(wasm_u8x16_shr(bits0, 4), y2), mul16(wasm_u8x16_shr(bits1, 4), y3));
-            sumi = wasm_i32x4_add(sumi, wasm_i32x4_dot_i16x8(slo, wasm_i16x8_splat(sc[2 * j])));
-            sumi = wasm_i32x4_add(sumi, wasm_i32x4_dot_i16x8(shi, wasm_i16x8_splat(sc[2 * j + 1])));
-        }
+#define ESS_Q4K_STEP(j, s0, s1)                                                                                  \
+    do {                                                                                                         \
+        const v128_t bits0 = wasm_v128_load(q4 + 32 * (j)), bits1 = wasm_v128_load(q4 + 32 * (j) + 16);        \
+        const v128_t y0 = wasm_v128_load(q8 + 64 * (j)), y1 = wasm_v128_load(q8 + 64 * (j) + 16);               \
+        const v128_t y2 = wasm_v128_load(q8 + 64 * (j) + 32), y3 = wasm_v128_load(q8 + 64 * (j) + 48);          \
+        /* 4 products of 0..15 by -128..127 per lane: |sum| <= 7680 fits int16 */                               \
+        const v128_t slo = wasm_i16x8_add(mul16(wasm_v128_and(bits0, m4), y0), mul16(wasm_v128_and(bits1, m4), y1)); \
+        const v128_t shi = wasm_i16x8_add(mul16(wasm_u8x16_shr(bits0, 4), y2), mul16(wasm_u8x16_shr(bits1, 4), y3)); \
+        sumi = wasm_i32x4_add(sumi, wasm_i32x4_dot_i16x8(slo, wasm_i16x8_shuffle(sc16, sc16, s0, s0, s0, s0, s0, s0, s0, s0))); \
+        sumi = wasm_i32x4_add(sumi, wasm_i32x4_dot_i16x8(shi, wasm_i16x8_shuffle(sc16, sc16, s1, s1, s1, s1, s1, s1, s1, s1))); \
+    } while (0)
+        /* unrolled: the shuffles that splat each scale need constant lanes */
+        ESS_Q4K_STEP(0, 0, 1);
+        ESS_Q4K_STEP(1, 2, 3);
+        ESS_Q4K_STEP(2, 4, 5);
+        ESS_Q4K_STEP(3, 6, 7);
+#undef ESS_Q4K_STEP
         acc = wasm_f32x4_add(acc, wasm_f32x4_mul(wasm_f32x4_convert_i32x4(sumi), wasm_f32x4_splat(d)));
     }
-    *s = hsum_f32x4(acc) + summs;
+    *s = hsum_f32x4(acc) - hsum_f32x4(accm);
 }
 
 void ess_vec_dot_q6_K_q8_K_simd128(int n, float *s, const void *vw, const void *va) {

@@ -179,6 +179,9 @@ test('screenshots of the three pages at 360x740 and 1280x800', { skip }, async (
     await p.close();
     // chat, with a conversation from IndexedDB (what a reload shows)
     p = await page('/chat.html', { width: w, height: h });
+    // The page first stores a new empty conversation of its own: let it, then replace it.
+    for (let i = 0; i < 100 && !await p.evaluate(async () => (await import('/js/store.js')).getSetting('conversation')); i++)
+      await p.waitForTimeout(50);
     await p.evaluate(async () => {
       const store = await import('/js/store.js');
       await store.putConversation({ id: 'demo', title: 'demo', messages: [

@@ -30,12 +30,21 @@ export function playwright() {
 export const chromiumPath = process.env.CHROMIUM ?? '/usr/bin/chromium';
 export const canBrowse = () => !!playwright() && existsSync(chromiumPath);
 
+const ARGS = ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+              '--disable-background-networking', '--disable-component-update', '--disable-sync'];
+
+// One chromium process whose contexts (browser.newContext()) are isolated like separate
+// browsers: each has its own IndexedDB, so each contributor page is a node of its own.
+export async function launchBrowser() {
+  const browser = await playwright().chromium.launch({ executablePath: chromiumPath, args: ARGS, timeout: 30000 });
+  return { browser, close: () => browser.close().catch(() => {}) };
+}
+
 export async function launch(opts = {}) {
   const dir = mkdtempSync(join(tmpdir(), 'essaim-chromium-'));
   const ctx = await playwright().chromium.launchPersistentContext(dir, {
     executablePath: chromiumPath,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-           '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+    args: ARGS,
     ...opts,
   });
   const close = async () => { await ctx.close(); rmSync(dir, { recursive: true, force: true }); };

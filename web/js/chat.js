@@ -67,7 +67,7 @@ $('#form').onsubmit = async ev => {
 
 $('#stop').onclick = () => worker.postMessage({ cmd: 'stop' });
 $('#new-chat').onclick = () => { if (!busy) newConversation(); };
-$('#temperature').oninput = () => { $('#temperature-out').textContent = (+$('#temperature').value).toFixed(2).replace(/0$/, ''); store.setSetting('temperature', +$('#temperature').value); };
+$('#temperature').oninput = () => { $('#temperature-out').textContent = String(+$('#temperature').value); store.setSetting('temperature', +$('#temperature').value); };
 $('#max-tokens').onchange = () => store.setSetting('max_tokens', +$('#max-tokens').value);
 $('#prompt').oninput = () => { const t = $('#prompt'); t.style.height = 'auto'; t.style.height = `${Math.min(t.scrollHeight, 160)}px`; };
 $('#prompt').onkeydown = ev => { if (ev.key === 'Enter' && !ev.shiftKey) { ev.preventDefault(); $('#form').requestSubmit(); } };
@@ -100,6 +100,8 @@ worker.onmessage = async ev => {
       if (answerEl) { answerEl.querySelector('.text').textContent = answerText; answerEl.scrollIntoView({ block: 'end' }); }
       break;
     case 'done':
+      // The token ids, for tests that replay them through the local engine.
+      if (answerEl) Object.assign(answerEl.querySelector('.text').dataset, { tokens: m.ids.join(','), prompt: m.prompt.join(','), reason: m.reason });
       await finish(`${m.tokens} tokens · ${m.seconds.toFixed(1)} s · ${m.rounds} rounds${m.reason === 'stopped' ? ' · stopped' : ''}`);
       break;
     case 'error':

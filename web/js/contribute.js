@@ -6,7 +6,8 @@ import * as store from './store.js';
 
 boot();
 const worker = new Worker(new URL('./node-worker.js', import.meta.url), { type: 'module' });
-let last = null, models = {};
+let last = null, models = {}, showAll = false;
+const FOLD = 6;   // fragments listed before "Show all": a node usually holds one or two
 
 const LABEL = { idle: 'Not joined', connecting: 'Connecting…', online: 'Connected to the swarm',
                 reconnecting: 'Reconnecting…', offline: 'Relay unreachable' };
@@ -41,7 +42,8 @@ function render(s) {
   const ul = $('#fragments');
   ul.replaceChildren();
   if (!s.frags.length) ul.append(el('li', { class: 'empty', text: joined ? 'Waiting for the relay to assign a fragment…' : 'Nothing yet. Join and the relay will assign you a fragment (about 10 MB).' }));
-  for (const f of s.frags) {
+  const shown = showAll ? s.frags : s.frags.slice(0, FOLD);
+  for (const f of shown) {
     const name = models[f.modelId] ?? `model ${f.modelId.slice(0, 8)}`;
     const it = f.items;
     let what;
@@ -51,6 +53,11 @@ function render(s) {
     const rows = it.length === 1 && f.cls !== 'header' ? ` · rows ${it[0].row0}–${it[0].row1 - 1}` : '';
     ul.append(el('li', {}, el('div', { class: 'what', text: what }, el('span', { class: 'tag', text: f.cls })),
                  el('div', { class: 'muted small', text: `${name} · fragment #${f.index} · ${bytes(f.size)}${rows}` })));
+  }
+  if (s.frags.length > shown.length) {
+    const more = el('button', { class: 'btn more', type: 'button', text: `Show all ${s.frags.length} fragments` });
+    more.onclick = () => { showAll = true; render(last); };
+    ul.append(el('li', { class: 'more-row' }, more));
   }
 }
 

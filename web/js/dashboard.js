@@ -42,11 +42,12 @@ function render(s) {
   }
   prev = { t: now, done };
   // The last 60 samples, newest on the right; one sample draws a flat line.
-  const max = Math.max(1, ...rates), pts = rates.length === 1 ? [rates[0], rates[0]] : rates;
-  const xy = pts.map((r, i) => `${pts.length === 2 && rates.length === 1 ? 300 * i : 300 - 5 * (pts.length - 1 - i)},${58 - (50 * r) / max}`);
+  // Headroom above the peak so that a steady rate does not hug the top edge.
+  const peak = Math.max(0, ...rates), max = Math.max(1, peak), top = max * 1.25, pts = rates.length === 1 ? [rates[0], rates[0]] : rates;
+  const xy = pts.map((r, i) => `${pts.length === 2 && rates.length === 1 ? 300 * i : 300 - 5 * (pts.length - 1 - i)},${58 - (50 * r) / top}`);
   $('#spark polyline').setAttribute('points', xy.join(' '));
   $('#spark polygon').setAttribute('points', xy.length ? `${xy[0].split(',')[0]},60 ${xy.join(' ')} 300,60` : '');
-  $('#req-note').textContent = `${done.toLocaleString()} answered in all · ${(c.requests_failed ?? 0).toLocaleString()} failed · peak ${max.toFixed(1)}/s over the last two minutes`;
+  $('#req-note').textContent = `${done.toLocaleString()} answered in all · ${(c.requests_failed ?? 0).toLocaleString()} failed · peak ${peak.toFixed(1)}/s over the last two minutes`;
 
   const { bins, exact } = histogram(s);
   const hmax = Math.max(1, ...bins.map(b => b.n));
@@ -56,13 +57,13 @@ function render(s) {
 
   const models = s.models ?? [];
   $('#models').replaceChildren(...(models.length ? models.map(m => el('tr', {},
-    el('td', { text: m.name ?? m.id.slice(0, 12) }), el('td', { class: 'num', text: m.fragments }), el('td', { class: 'num wide', text: bytes(m.bytes) }),
+    el('td', { class: 'name', text: m.name ?? m.id.slice(0, 12) }), el('td', { class: 'num', text: m.fragments }), el('td', { class: 'num wide', text: bytes(m.bytes) }),
     el('td', { class: 'num', text: m.fragments ? pct((m.fragments - m.fragments_lost) / m.fragments) : '—' }),
     el('td', { class: 'num wide', text: m.fragments_under_replicated }))) : [el('tr', {}, el('td', { colspan: 5, class: 'empty', text: 'No model yet.' }))]));
 
   const nodes = s.live_nodes ?? [];
   $('#node-list').replaceChildren(...(nodes.length ? nodes.map(n => el('tr', {},
-    el('td', { text: n.key ? n.key.slice(0, 12) : `#${n.index}` }), el('td', { class: 'num', text: duration(n.uptime_s ?? 0) }),
+    el('td', { class: 'key', title: n.key ?? '', text: n.key ? n.key.slice(0, 8) : `#${n.index}` }), el('td', { class: 'num', text: duration(n.uptime_s ?? 0) }),
     el('td', { class: 'num', text: n.fragments }), el('td', { class: 'num wide', text: bytes(n.used ?? 0) }),
     el('td', { class: 'num', text: (n.served ?? 0).toLocaleString() }), el('td', { class: 'num wide', text: n.inflight ?? 0 }),
     el('td', { class: 'num wide', text: n.timeouts ?? 0 }))) : [el('tr', {}, el('td', { colspan: 7, class: 'empty', text: 'No node online.' }))]));

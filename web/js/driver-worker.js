@@ -6,7 +6,9 @@
 //                 {cmd:'stop'}
 // Worker -> page: {type:'state', state, detail}  {type:'ready', model}
 //                 {type:'progress', token, layer, nLayer}  {type:'text', text}
-//                 {type:'done', reason, tokens, seconds, rounds}  {type:'error', message}
+//                 {type:'done', reason, tokens, seconds, rounds, ids, prompt}  {type:'error', message}
+//                 (ids: the generated token ids, prompt: the prompt's, so that a test can
+//                 replay them through the local engine)
 //
 // The model's header fragments and the small-tensor ("needed") fragments are downloaded
 // once and kept in IndexedDB (role 'asker'); the big weights stay on the nodes.
@@ -131,9 +133,10 @@ async function ask({ messages, temperature = 0.8, maxTokens = 256 }) {
   busy = true;
   stopFlag = false;
   const t0 = performance.now(), r0 = drv.rounds();
-  let reason = 'length', n = 0;
+  let reason = 'length', n = 0, prompt = [];
+  const ids = [];
   try {
-    const prompt = drv.encode(drv.chat(messages, true), true, true);
+    prompt = drv.encode(drv.chat(messages, true), true, true);
     const info = drv.info;
     if (prompt.length + 1 >= info.nCtx) throw new Error(`the conversation is ${prompt.length} tokens, the context holds ${info.nCtx}: start a new one`);
     // Reuse the KV cache for the prefix this conversation already evaluated.
@@ -155,6 +158,7 @@ async function ask({ messages, temperature = 0.8, maxTokens = 256 }) {
       const id = drv.sample();
       if (drv.isEog(id)) { reason = 'end'; break; }
       n++;
+      ids.push(id);
       raw += dec.decode(drv.piece(id), { stream: true });
       const v = visible(n === 1 ? raw.trimStart() : raw.replace(/^\s+/, ''));
       if (v.shown.length > shownLen) { say({ type: 'text', text: v.shown.slice(shownLen) }); shownLen = v.shown.length; }
@@ -167,7 +171,7 @@ async function ask({ messages, temperature = 0.8, maxTokens = 256 }) {
       const tail = raw.replace(/^\s+/, '') + dec.decode(drv.flush());
       if (tail.length > shownLen) say({ type: 'text', text: tail.slice(shownLen) });
     }
-    say({ type: 'done', reason, tokens: n, seconds: (performance.now() - t0) / 1000, rounds: drv.rounds() - r0 });
+    say({ type: 'done', reason, tokens: n, seconds: (performance.now() - t0) / 1000, rounds: drv.rounds() - r0, ids, prompt: Array.from(prompt) });
   } catch (e) {
     // A failed round leaves a batch half done: the cache is rebuilt next time.
     evaluated = [];
