@@ -236,37 +236,53 @@ static int plan_bundles(builder *b, const ess_gguf *g) {
     return rc;
 }
 
-/* Large tensors: per slice, runs of whole rows, balanced. whole != 0: one fragment per slice. */
+/* Large tensors, in table order, slice by slice (per expert for 3-D tensors).
+ * whole != 0: one fragment per slice (how a plain .gguf runs).
+ * Otherwise fragments are filled greedily: a run of whole rows of a slice goes into the
+ * open fragment as far as it has room, and the rest starts the next one, so a fragment
+ * may end one tensor and begin the next (each run is its own item). Packing instead of
+ * cutting every tensor separately matters: Mistral 7B at Q4_K_M came to 549 fragments of
+ * at most 10 MB cut per tensor (each 33 MB FFN matrix left a part-filled fourth), and to
+ * about 420 packed, the count its 4.1 GB needs. Classes never share a fragment. */
 static int plan_tensors(builder *b, const ess_gguf *g, int whole) {
     int rc = 0;
     for (uint64_t i = 0; i < g->n_tensors && !rc; i++) {
         const ess_gguf_tensor *t = &g->tensors[i];
-        uint64_t rb, rows, slices, per = 0;
+        uint64_t rb, rows, slices;
         if (!t->size || (!whole && is_small(t, b->max))) continue;
         if ((rc = name_ok(t, b->e)) || (rc = geometry(t, &rb, &rows, &slices, b->e))) break;
         ess_frag_class cls = ess_frag_is_expert(t) ? ESS_FRAG_EXPERT : ESS_FRAG_ALWAYS;
         if (!whole) {
             uint64_t hdr = align_up(ESS_FRAG_HEADER_FIXED + item_hdr(t->name.n), ESS_FRAG_ALIGN);
-            per = b->max > hdr ? (b->max - hdr) / rb : 0;
-            if (!per)
+            if (b->max <= hdr || (b->max - hdr) / rb == 0)
                 return ess_fail(b->e, ESS_ERANGE,
                                 "tensor %.*s: a row is %llu bytes, which with a %llu-byte fragment header does not fit in max size %llu",
                                 (int)t->name.n, t->name.p, (unsigned long long)rb, (unsigned long long)hdr,
                                 (unsigned long long)b->max);
         }
         for (uint64_t s = 0; s < slices && !rc; s++) {
-            uint64_t nf = whole ? 1 : (rows + per - 1) / per, base = rows / nf, extra = rows % nf, r0 = 0;
-            uint64_t slice_off = g->data_offset + t->offset + s * rb * rows;
-            for (uint64_t f = 0; f < nf && !rc; f++) {
-                uint64_t n = base + (f < extra);
-                if ((rc = b_open(b, cls))) break;
+            uint64_t slice_off = g->data_offset + t->offset + s * rb * rows, r0 = 0;
+            if (whole) b_close(b);
+            while (r0 < rows && !rc) {
+                uint64_t n = rows - r0;
+                if (!whole) {
+                    uint64_t fit = b->open && b_cur(b)->cls == cls ? b_room(b, t->name.n) / rb : 0;
+                    if (!fit) {
+                        b_close(b);
+                        if ((rc = b_open(b, cls))) break;
+                        fit = b_room(b, t->name.n) / rb; /* >= 1: checked above */
+                    }
+                    if (n > fit) n = fit;
+                } else if ((rc = b_open(b, cls))) {
+                    break;
+                }
                 ess_frag_item it = {(uint32_t)i, (uint32_t)s, r0, r0 + n, slice_off + r0 * rb, n * rb, 0};
                 rc = b_add(b, &it, t->name.n);
-                b_close(b);
                 r0 += n;
             }
         }
     }
+    b_close(b);
     return rc;
 }
 

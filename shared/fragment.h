@@ -1,11 +1,13 @@
 /* fragment.h - how a GGUF is cut into fragments, and the fragment file format. No I/O.
  *
- * A fragment holds whole rows (output units) of one tensor, byte for byte as stored in
- * the GGUF, so a node computes exactly what llama.cpp computes. Expert tensors (3-D,
- * ne[2] = experts) split per expert, then by rows. Small tensors (norms, biases, small
- * routers) are bundled into shared `always` fragments. The GGUF header (everything before
- * the tensor data) is fragment 0, split into several header fragments when larger than
- * the size limit.
+ * A fragment holds items: each item is a run of whole rows (output units) of one tensor,
+ * byte for byte as stored in the GGUF, so a node computes exactly what llama.cpp computes.
+ * Expert tensors (3-D, ne[2] = experts) split per expert, then by rows. Large tensors are
+ * packed in table order: a fragment is filled with rows and may end one tensor and begin
+ * the next (plan version 2; version 1 cut every tensor separately and left many fragments
+ * part-filled). Small tensors (norms, biases, small routers) are bundled whole into shared
+ * `always` fragments. The GGUF header (everything before the tensor data) is fragment 0,
+ * split into several header fragments when larger than the size limit.
  *
  * The plan is a pure function of the parsed header and the size limit (and
  * ESS_FRAGPLAN_VERSION): the fragmenter, the recombiner and the driver all call
@@ -24,7 +26,7 @@
 #include "ess.h"
 #include "gguf.h"
 
-#define ESS_FRAGPLAN_VERSION 1
+#define ESS_FRAGPLAN_VERSION 2 /* 2: large tensors packed greedily across tensor boundaries */
 #define ESS_FRAG_DEFAULT_MAX (10u << 20) /* 10 MiB, header included */
 
 typedef enum {
@@ -82,9 +84,11 @@ void ess_fragplan_free(ess_fragplan *p);
  *    are packed whole, in table order, into shared `always` bundle fragments (first fit
  *    into the bundle currently open).
  *  - Other tensors are cut into 2-D slices (ne0 x ne1; slice s = i2 + ne2 * i3, recorded
- *    as `expert`) and each slice into runs of whole rows, balanced so the fragments of
- *    a slice differ by at most one row. Class `expert` for 3-D tensors whose name holds
- *    "_exps", `always` otherwise.
+ *    as `expert`), taken in table order, and their rows fill fragments greedily: as many
+ *    whole rows as the open fragment has room for, the rest into the next fragment, so a
+ *    fragment may hold the end of one slice and the start of the next (one item each).
+ *    Class `expert` for 3-D tensors whose name holds "_exps", `always` otherwise; a
+ *    fragment never mixes classes.
  *  - Every fragment file (header included) is <= max_size; max_size >= ESS_FRAG_MIN_SIZE.
  * Zero-sized tensors get no item. */
 #define ESS_FRAG_MIN_SIZE 4096u

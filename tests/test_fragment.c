@@ -110,8 +110,13 @@ static int check_plan(const ess_fragplan *p, const ess_gguf *g, uint64_t max, ch
                 snprintf(why, n, "fragment %u: class %d for %.*s", i, f->cls, (int)t->name.n, t->name.p);
                 bad = 1;
             }
-            if (f->n_items > 1 && max && t->size >= max / 8 && t->n_dims > 1) {
-                snprintf(why, n, "fragment %u bundles the large tensor %.*s", i, (int)t->name.n, t->name.p);
+            /* bundles of small tensors and packed runs of large ones never share a fragment */
+            const ess_gguf_tensor *t0 = &g->tensors[p->items[f->first_item].tensor];
+            int small = t->n_dims <= 1 || t->size < max / 8, small0 = t0->n_dims <= 1 || t0->size < max / 8;
+            if (max && !ess_frag_is_expert(t) && !ess_frag_is_expert(t0) && small != small0) {
+                snprintf(why, n, "fragment %u mixes the bundled %.*s with the large %.*s", i,
+                         (int)(small ? t->name.n : t0->name.n), small ? t->name.p : t0->name.p,
+                         (int)(small ? t0->name.n : t->name.n), small ? t0->name.p : t->name.p);
                 bad = 1;
             }
         }
@@ -144,38 +149,69 @@ ESS_TEST(plan_fragment_order_and_counts) {
     synth s;
     ess_fragplan p;
     ess_err e = {0};
+    const uint64_t max = 16384;
     ESS_CHECK(synth_make(&s, MODEL, N_MODEL, 1, 0, 0, 0) == 0);
-    ESS_CHECK(ess_fragplan_build(&p, &s.g, 16384, &e) == 0);
+    ESS_CHECK(ess_fragplan_build(&p, &s.g, max, &e) == 0);
     /* header first, then the bundle(s) of small tensors, then large ones. */
     ESS_CHECK_EQ_INT(p.frags[0].cls, ESS_FRAG_HEADER);
     ESS_CHECK_EQ_INT(p.items[0].src_offset, 0);
     ESS_CHECK_EQ_INT(p.frags[1].cls, ESS_FRAG_ALWAYS);
-    /* Q8_0 attn_q: 256 rows of 272 bytes = 69632; 16384 - 128 header bytes holds 59 rows,
-     * so 5 fragments of 52, 51, 51, 51, 51 rows (balanced). */
-    uint32_t nq = 0, rows[8];
+    /* Q8_0 attn_q: 256 rows of 272 bytes = 69632; a fragment with one item holds
+     * (16384 - 160 header bytes) / 272 = 59 rows. attn_q's first rows fill what
+     * token_embd left, three fragments hold 59 of its rows alone, and its last rows
+     * take a fragment of their own (what follows is bundled or of another class). */
     int64_t qi = ess_gguf_find_tensor(&s.g, "blk.0.attn_q.weight");
-    for (uint32_t i = 0; i < p.n_frags; i++) {
-        const ess_frag_item *it = &p.items[p.frags[i].first_item];
-        if (p.frags[i].n_items == 1 && it->tensor == (uint32_t)qi && nq < 8) rows[nq++] = (uint32_t)(it->row1 - it->row0);
-    }
+    uint32_t nq = 0, rows[8] = {0}, first_frag = 0;
+    for (uint32_t i = 0; i < p.n_frags; i++)
+        for (uint32_t k = 0; k < p.frags[i].n_items; k++) {
+            const ess_frag_item *it = &p.items[p.frags[i].first_item + k];
+            if (it->tensor != (uint32_t)qi || nq >= 8) continue;
+            if (!nq) first_frag = i;
+            rows[nq++] = (uint32_t)(it->row1 - it->row0);
+        }
     ESS_CHECK_EQ_INT(nq, 5);
-    ESS_CHECK_EQ_INT(rows[0], 52);
-    ESS_CHECK_EQ_INT(rows[4], 51);
-    /* Experts: each fragment holds one expert of one tensor. */
-    uint32_t per_expert[2][4] = {{0}};
-    for (uint32_t i = 0; i < p.n_frags; i++) {
-        if (p.frags[i].cls != ESS_FRAG_EXPERT) continue;
-        ESS_CHECK_EQ_INT(p.frags[i].n_items, 1);
-        const ess_frag_item *it = &p.items[p.frags[i].first_item];
-        const ess_gguf_tensor *t = &s.g.tensors[it->tensor];
-        ESS_CHECK(ess_frag_is_expert(t));
-        ESS_CHECK(it->expert < 4);
-        per_expert[t->name.n == 24 ? 0 : 1][it->expert]++;
+    ESS_CHECK_EQ_INT(rows[0] + rows[1] + rows[2] + rows[3] + rows[4], 256);
+    ESS_CHECK_EQ_INT(rows[1], 59); /* fragments holding attn_q alone are full */
+    ESS_CHECK_EQ_INT(rows[2], 59);
+    ESS_CHECK_EQ_INT(rows[3], 59);
+    /* token_embd (512 rows of 36 bytes, large at this size) comes before it in the table */
+    const ess_frag *ff = &p.frags[first_frag];
+    ESS_CHECK_MSG(ff->n_items == 2 && p.items[ff->first_item].tensor == (uint32_t)ess_gguf_find_tensor(&s.g, "token_embd.weight"),
+                  "attn_q's first rows share a fragment with token_embd's last");
+    /* Greedy: a large-tensor fragment is closed only when the next row of its class
+     * would not fit; classes never mix in one fragment. */
+    for (uint32_t i = 2; i + 1 < p.n_frags; i++) {
+        const ess_frag *f = &p.frags[i], *g = &p.frags[i + 1];
+        const ess_frag_item *a = &p.items[f->first_item], *b = &p.items[g->first_item];
+        for (uint32_t k = 0; k < f->n_items; k++) {
+            const ess_frag_item *it = &p.items[f->first_item + k];
+            if (it->tensor == ESS_FRAG_NO_TENSOR) continue;
+            ESS_CHECK_EQ_INT(ess_frag_is_expert(&s.g.tensors[it->tensor]), f->cls == ESS_FRAG_EXPERT);
+        }
+        if (f->cls != g->cls || a->tensor == ESS_FRAG_NO_TENSOR || b->tensor == ESS_FRAG_NO_TENSOR) continue;
+        const ess_gguf_tensor *t = &s.g.tensors[b->tensor];
+        if (t->n_dims <= 1 || t->size < max / 8) continue; /* bundles are packed whole */
+        uint64_t rb = b->bytes / (b->row1 - b->row0);
+        ESS_CHECK_MSG(f->file_bytes + rb + ESS_FRAG_ITEM_FIXED + t->name.n + ESS_FRAG_ALIGN > max,
+                      "fragment %u closed with room for another %llu-byte row of %.*s", i, (unsigned long long)rb,
+                      (int)t->name.n, t->name.p);
     }
-    /* up_exps Q4_K: 100 rows of 144 bytes per expert = 14400 > 16384 - 128? no: fits in one. */
-    for (int x = 0; x < 4; x++) ESS_CHECK_EQ_INT(per_expert[0][x], 1);
-    /* down_exps F16: 256 rows of 200 bytes = 51200 per expert -> 4 fragments each. */
-    for (int x = 0; x < 4; x++) ESS_CHECK_EQ_INT(per_expert[1][x], 4);
+    /* Experts: up_exps Q4_K, 100 rows of 144 bytes per expert, and down_exps F16, 256 rows
+     * of 200 bytes per expert: every expert's rows are covered once, in order. */
+    uint64_t next_row[2][4] = {{0}};
+    for (uint32_t i = 0; i < p.n_items; i++) {
+        const ess_frag_item *it = &p.items[i];
+        if (it->tensor == ESS_FRAG_NO_TENSOR || !ess_frag_is_expert(&s.g.tensors[it->tensor])) continue;
+        const ess_gguf_tensor *t = &s.g.tensors[it->tensor];
+        int which = t->name.n == 24 ? 0 : 1;
+        ESS_CHECK(it->expert < 4);
+        ESS_CHECK_EQ_INT(it->row0, next_row[which][it->expert]);
+        next_row[which][it->expert] = it->row1;
+    }
+    for (int x = 0; x < 4; x++) {
+        ESS_CHECK_EQ_INT(next_row[0][x], 100);
+        ESS_CHECK_EQ_INT(next_row[1][x], 256);
+    }
     ess_fragplan_free(&p);
     synth_free(&s);
 }
@@ -488,8 +524,13 @@ ESS_TEST(model_moe_experts_split) {
     ESS_CHECK_MSG(!check_plan(&p, &g, 65536, why, sizeof why), "%s", why);
     uint32_t cls[3] = {0};
     for (uint32_t i = 0; i < p.n_frags; i++) cls[p.frags[i].cls]++;
-    /* 5 layers x {gate, up, down} x 4 experts, each under 64K. */
-    ESS_CHECK_EQ_INT(cls[ESS_FRAG_EXPERT], 60);
+    /* 5 layers x {gate, up, down} x 4 experts, each under 64K: cut one expert per
+     * fragment they made 60; packed they take about as many as their bytes need. */
+    uint64_t expert_bytes = 0;
+    for (uint32_t i = 0; i < p.n_frags; i++)
+        if (p.frags[i].cls == ESS_FRAG_EXPERT) expert_bytes += p.frags[i].payload_bytes;
+    ESS_CHECK(cls[ESS_FRAG_EXPERT] >= (expert_bytes + 65535) / 65536);
+    ESS_CHECK_MSG(cls[ESS_FRAG_EXPERT] < 60, "%u expert fragments", cls[ESS_FRAG_EXPERT]);
     ESS_CHECK_EQ_INT(cls[ESS_FRAG_HEADER], 1);
     ess_fragplan_free(&p);
     ess_gguf_free(&g);
