@@ -72,7 +72,7 @@ static void usage(FILE *f) {
             "  --heartbeat S          relay heartbeat period (default 5)\n"
             "  -p, --prompt TEXT      print the continuation of TEXT and exit (else: chat)\n"
             "  -n, --n-predict N      tokens to generate (default 128; --bench 32)\n"
-            "  --temp T, --top-k K, --top-p P, --min-p M, --repeat-penalty R, --seed S, -c CTX\n"
+            "  --temp T, --top-k K, --top-p P, --min-p M, --repeat-penalty R, --seed S, -c, --ctx C\n"
             "                         sampling as in essaim run (--temp 0: greedy)\n"
             "  --serve                keep the relay and nodes running and print the chat page's URL\n"
             "  --listen HOST:PORT     relay address (default 127.0.0.1 and a free port; --serve: 127.0.0.1:8080)\n"
@@ -81,7 +81,12 @@ static void usage(FILE *f) {
             "                         (prompt -p or \"Once upon a time\", greedy)\n"
             "  -t, --threads T        threads of the local engine in --bench (default: all CPUs)\n"
             "  --system TEXT, --template NAME, --stop TEXT   handed on to the chat\n"
-            "  -v, --verbose          driver's retry notices on stderr\n");
+            "  -v, --verbose          driver's retry notices on stderr\n"
+            "failure drills (tests):\n"
+            "  --kill-after-tokens K  SIGKILL nodes once K tokens are out\n"
+            "  --kill N               how many nodes to kill (default 2), never a fragment's last holder\n"
+            "  --freeze-ms MS         SIGSTOP the victims MS milliseconds before the SIGKILL\n"
+            "  --restart-relay-after-tokens K   kill and restart the relay once K tokens are out\n");
 }
 
 /* ---- options ---- */
@@ -98,47 +103,6 @@ typedef struct {
     char *chat_args[40];                    /* options handed on to `essaim chat` as given */
     int n_chat_args;
 } swarm_opts;
-
-static int parse_long(const char *s, const char *opt, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = s ? strtol(s, &end, 10) : 0;
-    if (!s || !*s || *end || errno || v < lo || v > hi) {
-        fprintf(stderr, "essaim swarm: %s wants an integer in [%ld, %ld], got '%s'\n", opt, lo, hi, s ? s : "");
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_double(const char *s, const char *opt, double *out) {
-    char *end;
-    errno = 0;
-    double v = s ? strtod(s, &end) : 0;
-    if (!s || !*s || *end || errno || v != v) {
-        fprintf(stderr, "essaim swarm: %s wants a number, got '%s'\n", opt, s ? s : "");
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *s, const char *opt, float *out) {
-    double d;
-    if (parse_double(s, opt, &d)) return -1;
-    *out = (float)d;
-    return 0;
-}
-
-static int parse_size(const char *s, const char *opt, int64_t *out) {
-    int64_t v = s ? ess_parse_size(s) : -1;
-    if (v <= 0) {
-        fprintf(stderr, "essaim swarm: %s wants a size like 10M, got '%s'\n", opt, s ? s : "");
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
 
 /* 0 parsed, 1 --help printed, -1 bad (message printed). */
 static int parse_opts(swarm_opts *o, int argc, char **argv) {
@@ -159,43 +123,39 @@ static int parse_opts(swarm_opts *o, int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0, takes = 1;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 1; }
-        else if (!strcmp(a, "--nodes")) bad = parse_long(v, a, 1, MAX_NODES, &o->n_nodes);
-        else if (!strcmp(a, "--replicas")) bad = parse_long(v, a, 1, 64, &o->replicas);
-        else if (!strcmp(a, "--budget")) bad = parse_size(v, a, &o->budget);
-        else if (!strcmp(a, "--max-size")) bad = parse_size(v, a, &o->max_size);
-        else if (!strcmp(a, "--dir")) { bad = !v; o->dir = v; }
-        else if (!strcmp(a, "--timeout")) bad = parse_double(v, a, &o->cover_timeout);
-        else if (!strcmp(a, "--heartbeat")) bad = parse_long(v, a, 1, 3600, &o->heartbeat);
-        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { bad = !v; o->prompt = v; }
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { bad = parse_long(v, a, 1, 1 << 20, &o->n_predict); o->n_given = 1; }
-        else if (!strcmp(a, "--temp")) bad = parse_float(v, a, &o->sp.temp);
-        else if (!strcmp(a, "--top-k")) { long x = 0; bad = parse_long(v, a, 0, 1 << 24, &x); o->sp.top_k = (int32_t)x; }
-        else if (!strcmp(a, "--top-p")) bad = parse_float(v, a, &o->sp.top_p);
-        else if (!strcmp(a, "--min-p")) bad = parse_float(v, a, &o->sp.min_p);
-        else if (!strcmp(a, "--repeat-penalty")) bad = parse_float(v, a, &o->sp.penalty_repeat);
-        else if (!strcmp(a, "--seed")) bad = parse_long(v, a, 0, INT32_MAX, &seed);
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) bad = parse_long(v, a, 1, 1 << 22, &o->ctx);
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) bad = parse_long(v, a, 1, 256, &o->threads);
-        else if (!strcmp(a, "--listen")) { bad = !v; o->listen = v; }
-        else if (!strcmp(a, "--system") || !strcmp(a, "--template") || !strcmp(a, "--stop")) bad = !v; /* for chat */
-        else if (!strcmp(a, "--web")) { bad = !v; o->web = v; }
-        else if (!strcmp(a, "--kill-after-tokens")) bad = parse_long(v, a, 0, 1 << 20, &o->kill_after);
-        else if (!strcmp(a, "--kill")) bad = parse_long(v, a, 1, MAX_KILL, &o->n_kill);
-        else if (!strcmp(a, "--freeze-ms")) bad = parse_long(v, a, 0, 60000, &o->freeze_ms);
-        else if (!strcmp(a, "--restart-relay-after-tokens")) bad = parse_long(v, a, 0, 1 << 20, &o->restart_after);
+        else if (!strcmp(a, "--nodes")) bad = ess_opt_long("swarm", a, v, 1, MAX_NODES, &o->n_nodes);
+        else if (!strcmp(a, "--replicas")) bad = ess_opt_long("swarm", a, v, 1, 64, &o->replicas);
+        else if (!strcmp(a, "--budget")) bad = ess_opt_size("swarm", a, v, &o->budget);
+        else if (!strcmp(a, "--max-size")) bad = ess_opt_size("swarm", a, v, &o->max_size);
+        else if (!strcmp(a, "--dir")) { bad = v ? 0 : ess_opt_missing("swarm", a); o->dir = v; }
+        else if (!strcmp(a, "--timeout")) bad = ess_opt_double("swarm", a, v, &o->cover_timeout);
+        else if (!strcmp(a, "--heartbeat")) bad = ess_opt_long("swarm", a, v, 1, 3600, &o->heartbeat);
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { bad = v ? 0 : ess_opt_missing("swarm", a); o->prompt = v; }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { bad = ess_opt_long("swarm", a, v, 1, 1 << 20, &o->n_predict); o->n_given = 1; }
+        else if (!strcmp(a, "--temp")) bad = ess_opt_float("swarm", a, v, &o->sp.temp);
+        else if (!strcmp(a, "--top-k")) { long x = 0; bad = ess_opt_long("swarm", a, v, 0, 1 << 24, &x); o->sp.top_k = (int32_t)x; }
+        else if (!strcmp(a, "--top-p")) bad = ess_opt_float("swarm", a, v, &o->sp.top_p);
+        else if (!strcmp(a, "--min-p")) bad = ess_opt_float("swarm", a, v, &o->sp.min_p);
+        else if (!strcmp(a, "--repeat-penalty")) bad = ess_opt_float("swarm", a, v, &o->sp.penalty_repeat);
+        else if (!strcmp(a, "--seed")) bad = ess_opt_long("swarm", a, v, 0, INT32_MAX, &seed);
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) bad = ess_opt_long("swarm", a, v, 1, 1 << 22, &o->ctx);
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) bad = ess_opt_long("swarm", a, v, 1, 256, &o->threads);
+        else if (!strcmp(a, "--listen")) { bad = v ? 0 : ess_opt_missing("swarm", a); o->listen = v; }
+        else if (!strcmp(a, "--system") || !strcmp(a, "--template") || !strcmp(a, "--stop")) bad = v ? 0 : ess_opt_missing("swarm", a); /* for chat */
+        else if (!strcmp(a, "--web")) { bad = v ? 0 : ess_opt_missing("swarm", a); o->web = v; }
+        else if (!strcmp(a, "--kill-after-tokens")) bad = ess_opt_long("swarm", a, v, 0, 1 << 20, &o->kill_after);
+        else if (!strcmp(a, "--kill")) bad = ess_opt_long("swarm", a, v, 1, MAX_KILL, &o->n_kill);
+        else if (!strcmp(a, "--freeze-ms")) bad = ess_opt_long("swarm", a, v, 0, 60000, &o->freeze_ms);
+        else if (!strcmp(a, "--restart-relay-after-tokens")) bad = ess_opt_long("swarm", a, v, 0, 1 << 20, &o->restart_after);
         else {
             takes = 0;
             if (!strcmp(a, "--serve")) o->serve = 1;
             else if (!strcmp(a, "--bench")) o->bench = 1;
             else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) o->verbose = 1;
-            else if (a[0] == '-' && a[1]) { fprintf(stderr, "essaim swarm: unknown option '%s' (essaim swarm --help)\n", a); return -1; }
-            else if (!o->model) o->model = a;
-            else { fprintf(stderr, "essaim swarm: unexpected argument '%s'\n", a); return -1; }
+            else if ((a[0] == '-' && a[1]) || o->model) return ess_opt_unknown("swarm", a), -1;
+            else o->model = a;
         }
-        if (bad) {
-            if (!v) fprintf(stderr, "essaim swarm: %s wants a value\n", a);
-            return -1;
-        }
+        if (bad) return -1;
         static const char *const to_chat[] = {"-n", "--n-predict", "--temp", "--top-k", "--top-p", "--min-p",
                                               "--repeat-penalty", "--seed", "-c", "--ctx", "--system", "--template",
                                               "--stop"};
@@ -265,13 +225,14 @@ static int dir_is_empty(const char *path) {
     return empty;
 }
 
-/* What the cache is keyed by: the source file's identity and the fragment size. */
+/* What the cache is keyed by: the source file's identity, the fragment size and the plan
+ * version (a newer essaim cuts differently, so its driver would refuse the old cut). */
 static int source_stamp(const swarm *sw, char *out, size_t cap) {
     char real[PATH_MAX];
     struct stat st;
     if (!realpath(sw->o.model, real) || stat(real, &st)) return -1;
-    snprintf(out, cap, "%s %lld %lld.%09ld %lld\n", real, (long long)st.st_size, (long long)st.st_mtim.tv_sec,
-             st.st_mtim.tv_nsec, (long long)sw->o.max_size);
+    snprintf(out, cap, "%s %lld %lld.%09ld %lld plan%d\n", real, (long long)st.st_size, (long long)st.st_mtim.tv_sec,
+             st.st_mtim.tv_nsec, (long long)sw->o.max_size, ESS_FRAGPLAN_VERSION);
     return 0;
 }
 

@@ -10,29 +10,36 @@
 #include <string.h>
 #include <unistd.h>
 
+/* The u32 hyper-parameters: their key under <arch>. in the GGUF and under "hparams" in the
+ * manifest, and their field. One list for the GGUF reader, the writer and the reader. */
+static const struct { const char *key; size_t off; } HPARAMS_U32[] = {
+    {"block_count", offsetof(ess_hparams, block_count)},
+    {"embedding_length", offsetof(ess_hparams, embedding_length)},
+    {"feed_forward_length", offsetof(ess_hparams, feed_forward_length)},
+    {"attention.head_count", offsetof(ess_hparams, head_count)},
+    {"attention.head_count_kv", offsetof(ess_hparams, head_count_kv)},
+    {"attention.key_length", offsetof(ess_hparams, key_length)},
+    {"attention.value_length", offsetof(ess_hparams, value_length)},
+    {"expert_count", offsetof(ess_hparams, expert_count)},
+    {"expert_used_count", offsetof(ess_hparams, expert_used_count)},
+    {"context_length", offsetof(ess_hparams, context_length)},
+    {"rope.dimension_count", offsetof(ess_hparams, rope_dimension_count)},
+    {"vocab_size", offsetof(ess_hparams, vocab_size)},
+};
+#define N_HPARAMS_U32 (sizeof HPARAMS_U32 / sizeof HPARAMS_U32[0])
+
+static uint32_t *hparam_u32(ess_hparams *hp, size_t i) { return (uint32_t *)((char *)hp + HPARAMS_U32[i].off); }
+static uint32_t hparam_get(const ess_hparams *hp, size_t i) { return *(const uint32_t *)((const char *)hp + HPARAMS_U32[i].off); }
+
 void ess_hparams_read(ess_gguf *g, ess_hparams *hp, char *arch, size_t archlen) {
-    static const struct { const char *key; size_t off; } U32[] = {
-        {"block_count", offsetof(ess_hparams, block_count)},
-        {"embedding_length", offsetof(ess_hparams, embedding_length)},
-        {"feed_forward_length", offsetof(ess_hparams, feed_forward_length)},
-        {"attention.head_count", offsetof(ess_hparams, head_count)},
-        {"attention.head_count_kv", offsetof(ess_hparams, head_count_kv)},
-        {"attention.key_length", offsetof(ess_hparams, key_length)},
-        {"attention.value_length", offsetof(ess_hparams, value_length)},
-        {"expert_count", offsetof(ess_hparams, expert_count)},
-        {"expert_used_count", offsetof(ess_hparams, expert_used_count)},
-        {"context_length", offsetof(ess_hparams, context_length)},
-        {"vocab_size", offsetof(ess_hparams, vocab_size)},
-        {"rope.dimension_count", offsetof(ess_hparams, rope_dimension_count)},
-    };
     ess_str a = {"", 0};
     memset(hp, 0, sizeof *hp);
     if (arch && archlen) arch[0] = 0;
     if (ess_gguf_get_str(g, "general.architecture", &a) == 0 && arch && archlen)
         snprintf(arch, archlen, "%.*s", (int)(a.n < archlen ? a.n : archlen - 1), a.p);
-    for (size_t i = 0; i < sizeof U32 / sizeof U32[0]; i++) {
+    for (size_t i = 0; i < N_HPARAMS_U32; i++) {
         uint32_t v = 0;
-        if (ess_gguf_get_arch_u32(g, U32[i].key, &v) == 0) *(uint32_t *)((char *)hp + U32[i].off) = v;
+        if (ess_gguf_get_arch_u32(g, HPARAMS_U32[i].key, &v) == 0) *hparam_u32(hp, i) = v;
     }
     /* The feed-forward length is an array (one per layer) in some architectures: take the first. */
     if (!hp->feed_forward_length && a.n) {
@@ -139,20 +146,10 @@ int ess_manifest_write(const ess_manifest *m, const char *path, char *err, size_
     json_object_set_new(root, "source", json_pack("{s:s, s:I}", "name", m->source_name, "size", (json_int_t)m->source_size));
     json_object_set_new(root, "max_size", json_integer((json_int_t)m->max_size));
     json_object_set_new(root, "architecture", json_string(m->arch ? m->arch : ""));
-#define HP(k, v) if (v) json_object_set_new(hp, k, json_integer(v))
-    HP("block_count", h->block_count);
-    HP("embedding_length", h->embedding_length);
-    HP("feed_forward_length", h->feed_forward_length);
-    HP("attention.head_count", h->head_count);
-    HP("attention.head_count_kv", h->head_count_kv);
-    HP("attention.key_length", h->key_length);
-    HP("attention.value_length", h->value_length);
-    HP("expert_count", h->expert_count);
-    HP("expert_used_count", h->expert_used_count);
-    HP("context_length", h->context_length);
-    HP("rope.dimension_count", h->rope_dimension_count);
-    HP("vocab_size", h->vocab_size);
-#undef HP
+    for (size_t i = 0; i < N_HPARAMS_U32; i++) {
+        uint32_t v = hparam_get(h, i);
+        if (v) json_object_set_new(hp, HPARAMS_U32[i].key, json_integer(v));
+    }
     if (h->rope_freq_base) json_object_set_new(hp, "rope.freq_base", json_real(h->rope_freq_base));
     json_object_set_new(root, "hparams", hp);
     hp = NULL;
@@ -312,6 +309,11 @@ int ess_manifest_read(ess_manifest *m, const char *path, char *err, size_t errle
         get_hex(root, "model_id", m->model_id, path, err, errlen) ||
         get_u64(root, "max_size", &m->max_size, path, err, errlen))
         goto out;
+    if (m->plan_version != ESS_FRAGPLAN_VERSION) {
+        snprintf(err, errlen, "%s: cut with fragment plan version %u, this essaim cuts with version %d: run `essaim fragment` on the model again",
+                 path, m->plan_version, ESS_FRAGPLAN_VERSION);
+        goto out;
+    }
     if (!json_is_object(src) || !json_string_value(json_object_get(src, "name")) ||
         get_u64(src, "size", &m->source_size, "source", err, errlen)) {
         if (!err[0] || json_is_object(src)) snprintf(err, errlen, "%s: \"source\" must be {name, size}", path);
@@ -325,20 +327,8 @@ int ess_manifest_read(ess_manifest *m, const char *path, char *err, size_t errle
     if (json_is_object(hp)) {
         ess_hparams *h = &m->hp;
         json_t *j;
-#define HP(k, v) if (json_is_integer(j = json_object_get(hp, k))) v = (uint32_t)json_integer_value(j)
-        HP("block_count", h->block_count);
-        HP("embedding_length", h->embedding_length);
-        HP("feed_forward_length", h->feed_forward_length);
-        HP("attention.head_count", h->head_count);
-        HP("attention.head_count_kv", h->head_count_kv);
-        HP("attention.key_length", h->key_length);
-        HP("attention.value_length", h->value_length);
-        HP("expert_count", h->expert_count);
-        HP("expert_used_count", h->expert_used_count);
-        HP("context_length", h->context_length);
-        HP("rope.dimension_count", h->rope_dimension_count);
-        HP("vocab_size", h->vocab_size);
-#undef HP
+        for (size_t i = 0; i < N_HPARAMS_U32; i++)
+            if (json_is_integer(j = json_object_get(hp, HPARAMS_U32[i].key))) *hparam_u32(h, i) = (uint32_t)json_integer_value(j);
         if (json_is_number(j = json_object_get(hp, "rope.freq_base"))) h->rope_freq_base = (float)json_number_value(j);
     }
     if (!json_is_array(frags) || json_array_size(frags) > UINT32_MAX / 2) {
