@@ -1,0 +1,248 @@
+/* cmd_run.c - `essaim run MODEL -p TEXT`: generate a continuation locally.
+ *
+ * stdout carries only the generated text, streamed token by token; speed figures and
+ * diagnostics go to stderr. MODEL is a .gguf or a fragment directory; both run through
+ * the same driver (rounds of requests) and the in-process executor. Hidden debug options
+ * for the llama.cpp comparison: --tokens 1,2,3 (prompt ids instead of text), --ids
+ * (print generated ids, not text), --dump-logits FILE (logits of every prompt position
+ * as JSON, then stop). */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "sampler.h"
+#include "source.h"
+#include "tokenizer.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: essaim run MODEL -p TEXT [options]\n"
+            "  MODEL                 a .gguf file or a fragment directory (essaim fragment)\n"
+            "  -p, --prompt TEXT     the prompt (required, not empty)\n"
+            "  -n, --n-predict N     tokens to generate (default 128)\n"
+            "  --temp T              temperature, 0 = greedy (default 0.8)\n"
+            "  --top-k K             (default 40, 0 = off)\n"
+            "  --top-p P             (default 0.95, 1 = off)\n"
+            "  --min-p M             (default 0.05, 0 = off)\n"
+            "  --repeat-penalty R    over the last 64 tokens (default 1.0 = off)\n"
+            "  --seed S              sampling seed (default: random)\n"
+            "  -t, --threads T       threads (default: all CPUs)\n"
+            "  -c, --ctx C           context in tokens (default: the model's, at most 4096)\n"
+            "  --kv-type f32|f16     KV cache type (default f32)\n"
+            "  -b, --batch B         prompt tokens per batch (default 512)\n"
+            "debug:\n"
+            "  --tokens 1,2,3        prompt token ids instead of -p (no BOS added)\n"
+            "  --ids                 print generated token ids instead of text\n"
+            "  --dump-logits FILE    write {tokens, logits} of every prompt position as JSON and stop\n");
+}
+
+static int parse_int(const char *s, const char *opt, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = s ? strtol(s, &end, 10) : 0;
+    if (!s || !*s || *end || errno || v < lo || v > hi) {
+        fprintf(stderr, "essaim run: %s wants an integer in [%ld, %ld], got '%s'\n", opt, lo, hi, s ? s : "");
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+static int parse_float(const char *s, const char *opt, float *out) {
+    char *end;
+    errno = 0;
+    float v = s ? strtof(s, &end) : 0;
+    if (!s || !*s || *end || errno || v != v) {
+        fprintf(stderr, "essaim run: %s wants a number, got '%s'\n", opt, s ? s : "");
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+/* "1,2,3" -> ids; returns the count or -1. */
+static int parse_ids(const char *s, int32_t **out) {
+    int cap = 16, n = 0;
+    int32_t *v = malloc((size_t)cap * sizeof *v);
+    while (v && *s) {
+        char *end;
+        errno = 0;
+        long x = strtol(s, &end, 10);
+        if (end == s || errno || x < 0 || x > INT32_MAX) { free(v); return -1; }
+        if (n == cap) {
+            int32_t *nv = realloc(v, (size_t)(cap *= 2) * sizeof *v);
+            if (!nv) { free(v); return -1; }
+            v = nv;
+        }
+        v[n++] = (int32_t)x;
+        s = end;
+        if (*s == ',') s++;
+        else if (*s) { free(v); return -1; }
+    }
+    *out = v;
+    return v ? n : -1;
+}
+
+static int dump_logits(const char *path, const ess_engine *en, const int32_t *toks, int n) {
+    FILE *f = fopen(path, "w");
+    if (!f) { fprintf(stderr, "essaim run: cannot write %s: %s\n", path, strerror(errno)); return -1; }
+    int nl;
+    const float *l = ess_driver_logits_all(en->d, &nl);
+    const int V = en->model.n_vocab;
+    fprintf(f, "{\"tokens\":[");
+    for (int i = 0; i < n; i++) fprintf(f, "%s%d", i ? "," : "", toks[i]);
+    fprintf(f, "],\"logits\":[");
+    for (int t = 0; t < nl; t++) {
+        fprintf(f, "%s[", t ? ",\n" : "");
+        for (int i = 0; i < V; i++) fprintf(f, "%s%.9g", i ? "," : "", l[(size_t)t * V + i]);
+        fprintf(f, "]");
+    }
+    fprintf(f, "]}\n");
+    return fclose(f) ? -1 : 0;
+}
+
+int ess_cmd_run(int argc, char **argv) {
+    const char *model = NULL, *prompt = NULL, *tokens_arg = NULL, *dump = NULL;
+    long n_predict = 128, threads = sysconf(_SC_NPROCESSORS_ONLN), ctx = 0, batch = 512, seed = -1;
+    int print_ids = 0, kv_type = ESS_TYPE_F32, seed_given = 0;
+    ess_sampler_params sp;
+    ess_sampler_params_default(&sp);
+    if (threads < 1) threads = 1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
+        if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
+        else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { if (!v) bad = 1; prompt = v; i++; }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { bad = parse_int(v, a, 0, 1 << 24, &n_predict); i++; }
+        else if (!strcmp(a, "--temp")) { bad = parse_float(v, a, &sp.temp); i++; }
+        else if (!strcmp(a, "--top-k")) { long x; bad = parse_int(v, a, 0, 1 << 24, &x); sp.top_k = (int32_t)x; i++; }
+        else if (!strcmp(a, "--top-p")) { bad = parse_float(v, a, &sp.top_p); i++; }
+        else if (!strcmp(a, "--min-p")) { bad = parse_float(v, a, &sp.min_p); i++; }
+        else if (!strcmp(a, "--repeat-penalty")) { bad = parse_float(v, a, &sp.penalty_repeat); i++; }
+        else if (!strcmp(a, "--seed")) { bad = parse_int(v, a, 0, INT32_MAX, &seed); seed_given = 1; i++; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { bad = parse_int(v, a, 1, 256, &threads); i++; }
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) { bad = parse_int(v, a, 1, 1 << 22, &ctx); i++; }
+        else if (!strcmp(a, "-b") || !strcmp(a, "--batch")) { bad = parse_int(v, a, 1, 1 << 16, &batch); i++; }
+        else if (!strcmp(a, "--kv-type")) {
+            if (v && !strcmp(v, "f32")) kv_type = ESS_TYPE_F32;
+            else if (v && !strcmp(v, "f16")) kv_type = ESS_TYPE_F16;
+            else { fprintf(stderr, "essaim run: --kv-type wants f32 or f16, got '%s'\n", v ? v : ""); return 2; }
+            i++;
+        }
+        else if (!strcmp(a, "--tokens")) { if (!v) bad = 1; tokens_arg = v; i++; }
+        else if (!strcmp(a, "--ids")) print_ids = 1;
+        else if (!strcmp(a, "--dump-logits")) { if (!v) bad = 1; dump = v; i++; }
+        else if (a[0] == '-' && a[1]) { fprintf(stderr, "essaim run: unknown option '%s' (essaim run --help)\n", a); return 2; }
+        else if (!model) model = a;
+        else { fprintf(stderr, "essaim run: unexpected argument '%s'\n", a); return 2; }
+        if (bad) {
+            if (!v) fprintf(stderr, "essaim run: %s wants a value\n", a);
+            return 2;
+        }
+    }
+    if (!model) { fprintf(stderr, "essaim run: no MODEL given\n"); usage(stderr); return 2; }
+    if (!prompt && !tokens_arg) { fprintf(stderr, "essaim run: no prompt given (-p TEXT)\n"); return 2; }
+    if (prompt && !*prompt) { fprintf(stderr, "essaim run: the prompt is empty\n"); return 2; }
+    sp.seed = seed_given ? (uint64_t)seed : (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 20);
+
+    /* The context: the model's (at most 4096 unless asked), known once the header is read;
+     * open with the asked one, or a first look at the header decides. */
+    char err[512];
+    ess_engine en;
+    ess_driver_opts o = {0};
+    o.kv_type = kv_type;
+    o.max_batch = (int)batch;
+    o.all_logits = dump != NULL;
+    int32_t *toks = NULL;
+    int n_tok = 0, rc = 1;
+    ess_tokenizer *tok = NULL;
+    {
+        /* read the header once to learn the model's context and tokenize */
+        ess_source s;
+        if (ess_source_open(&s, model, err, sizeof err)) { fprintf(stderr, "essaim run: %s\n", err); ess_source_close(&s); return 1; }
+        ess_model m;
+        ess_err e = {0};
+        if (ess_model_init(&m, &s.g, &e)) { fprintf(stderr, "essaim run: %s: %s\n", model, e.msg); ess_model_free(&m); ess_source_close(&s); return 1; }
+        o.n_ctx = ctx ? (int)ctx : (m.n_ctx_train < 4096 ? m.n_ctx_train : 4096);
+        ess_model_free(&m);
+        ess_source_close(&s);
+    }
+    if (ess_engine_open(&en, model, (int)threads, &o, err, sizeof err)) {
+        fprintf(stderr, "essaim run: %s\n", err);
+        goto out;
+    }
+    ess_err e = {0};
+    tok = ess_tok_new(&en.src.g, &e);
+    if (!tok && !tokens_arg) { fprintf(stderr, "essaim run: %s: tokenizer: %s\n", model, e.msg); goto out; }
+    if (tokens_arg) {
+        if ((n_tok = parse_ids(tokens_arg, &toks)) <= 0) { fprintf(stderr, "essaim run: --tokens wants ids like 1,2,3\n"); goto out; }
+    } else {
+        int need = ess_tok_encode(tok, prompt, strlen(prompt), 1, 1, NULL, 0);
+        if (need < 0 || !(toks = malloc((size_t)(need + 1) * sizeof *toks))) { fprintf(stderr, "essaim run: cannot tokenize the prompt\n"); goto out; }
+        n_tok = ess_tok_encode(tok, prompt, strlen(prompt), 1, 1, toks, need + 1);
+        if (n_tok <= 0) { fprintf(stderr, "essaim run: the prompt gives no tokens\n"); goto out; }
+    }
+    const int n_ctx = ess_driver_n_ctx(en.d);
+    if (n_tok > n_ctx) {
+        fprintf(stderr, "essaim run: the prompt is %d tokens, longer than the context of %d (--ctx)\n", n_tok, n_ctx);
+        goto out;
+    }
+    if (dump && n_tok > o.max_batch) {
+        fprintf(stderr, "essaim run: --dump-logits needs the prompt in one batch: %d tokens > --batch %d\n", n_tok, o.max_batch);
+        goto out;
+    }
+
+    double t0 = ess_now();
+    if (ess_engine_eval(&en, toks, n_tok, err, sizeof err)) { fprintf(stderr, "essaim run: %s\n", err); goto out; }
+    double t_prefill = ess_now() - t0;
+    if (dump) {
+        rc = dump_logits(dump, &en, toks, n_tok) ? 1 : 0;
+        goto out;
+    }
+
+    ess_sampler smp;
+    if (ess_sampler_init(&smp, &sp, en.model.n_vocab)) { fprintf(stderr, "essaim run: sampler: %s\n", smp.err.msg); ess_sampler_free(&smp); goto out; }
+    for (int i = 0; i < n_tok; i++) ess_sampler_accept(&smp, toks[i]);
+    ess_tok_stream ts;
+    if (tok) ess_tok_stream_init(&ts, tok, 0, 0);
+    char piece[1024 + 8];
+    int n_gen = 0, stop = 0;
+    double t1 = ess_now();
+    while (n_gen < n_predict) {
+        int32_t id = ess_sampler_sample(&smp, ess_driver_logits(en.d));
+        if (id < 0) { fprintf(stderr, "essaim run: sampler: %s\n", smp.err.msg); break; }
+        if (tok && ess_tok_is_eog(tok, id)) { stop = 1; break; }
+        ess_sampler_accept(&smp, id);
+        n_gen++;
+        if (print_ids || !tok) printf("%s%d", n_gen > 1 ? " " : "", id);
+        else {
+            int np = ess_tok_max_piece(tok) + 4 <= (int)sizeof piece ? ess_tok_stream_push(tok, &ts, id, piece, (int)sizeof piece) : -1;
+            if (np > 0) fwrite(piece, 1, (size_t)np, stdout);
+        }
+        fflush(stdout);
+        if (n_gen == n_predict) break;
+        if (ess_driver_pos(en.d) >= n_ctx) { fprintf(stderr, "\nessaim run: context of %d tokens is full\n", n_ctx); break; }
+        if (ess_engine_eval(&en, &id, 1, err, sizeof err)) { fprintf(stderr, "\nessaim run: %s\n", err); ess_sampler_free(&smp); goto out; }
+    }
+    if (tok && !print_ids) {
+        int np = ess_tok_stream_flush(&ts, piece, (int)sizeof piece);
+        if (np > 0) fwrite(piece, 1, (size_t)np, stdout);
+    }
+    printf("\n");
+    fflush(stdout);
+    double t_gen = ess_now() - t1;
+    fprintf(stderr, "essaim run: prompt %d tokens in %.3f s (%.1f tok/s), generated %d tokens in %.3f s (%.1f tok/s)%s, %d threads, %llu rounds\n",
+            n_tok, t_prefill, n_tok / (t_prefill > 0 ? t_prefill : 1e-9), n_gen, t_gen, n_gen / (t_gen > 0 ? t_gen : 1e-9),
+            stop ? ", stopped at end of text" : "", (int)threads, (unsigned long long)ess_driver_rounds(en.d));
+    ess_sampler_free(&smp);
+    rc = 0;
+out:
+    free(toks);
+    ess_tok_free(tok);
+    ess_engine_close(&en);
+    return rc;
+}

@@ -1,0 +1,53 @@
+/* source.h - opening MODEL for the engine: a .gguf file or a fragment directory.
+ *
+ * A .gguf is mapped read-only and run with ess_fragplan_whole (each tensor one big
+ * fragment, zero-copy). A fragment directory (made by `essaim fragment`) is read through
+ * its manifest.json: every <id>.esf is mapped, the GGUF header is rebuilt from the header
+ * fragments, and ess_fragplan_build with the manifest's max_size gives back the plan, so
+ * both give the driver the same thing: a parsed header, a plan, and the payload of each
+ * fragment in memory. POSIX glue, not core.
+ * Ownership: the source owns its mappings, the header copy, the plan and the table. */
+#ifndef ESS_SOURCE_H
+#define ESS_SOURCE_H
+
+#include "cli.h"
+#include "fragment.h"
+#include "gguf.h"
+
+typedef struct {
+    ess_gguf g;
+    ess_fragplan plan;
+    const uint8_t **frag_data; /* (plan.n_frags) payload of each fragment, NULL for header fragments */
+    ess_map file;              /* the .gguf */
+    ess_map *maps;             /* (plan.n_frags) fragment files of a directory */
+    uint32_t n_maps;
+    uint8_t *header;           /* directory: the GGUF header rebuilt from header fragments */
+    int is_dir;
+    uint64_t bytes;            /* bytes mapped (model size) */
+} ess_source;
+
+/* Opens path (a .gguf file or a fragment directory). 0, or -1 with err naming the file
+ * and what is wrong. ess_source_close must be called in both cases. */
+int ess_source_open(ess_source *s, const char *path, char *err, size_t errlen);
+void ess_source_close(ess_source *s);
+
+/* Everything `run` and `bench` need, opened in one call: the source, the model read
+ * from its header, the kernel table for this CPU, a driver and a local thread pool. */
+#include "driver.h"
+#include "exec.h"
+#include "model.h"
+typedef struct {
+    ess_source src;
+    ess_model model;
+    ess_kernels k;
+    ess_driver *d;
+    ess_exec *x;
+} ess_engine;
+
+/* 0, or -1 with err naming what failed; ess_engine_close in both cases. */
+int ess_engine_open(ess_engine *en, const char *path, int n_threads, const ess_driver_opts *o, char *err, size_t errlen);
+void ess_engine_close(ess_engine *en);
+/* Evaluates n tokens and runs every round locally; logits in ess_driver_logits(en->d). */
+int ess_engine_eval(ess_engine *en, const int32_t *tokens, int n, char *err, size_t errlen);
+
+#endif
