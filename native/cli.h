@@ -53,4 +53,19 @@ int ess_write_all(int fd, const void *p, size_t n);
 /* mkdir -p */
 int ess_mkdir_p(const char *path);
 
+/* Option values. Each parses s, the word after option opt of subcommand cmd (s is NULL
+ * when opt was the last word), stores it in *out and returns 0; on a missing or bad value
+ * it prints "essaim CMD: OPT wants a value" or "... wants <what>, got 'S'" on stderr,
+ * leaves *out alone and returns -1. Sizes take ess_parse_size's forms and must be > 0. */
+int ess_opt_long(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out);
+int ess_opt_double(const char *cmd, const char *opt, const char *s, double *out);
+int ess_opt_float(const char *cmd, const char *opt, const char *s, float *out);
+int ess_opt_size(const char *cmd, const char *opt, const char *s, int64_t *out);
+/* For a word no option of cmd takes: prints "essaim CMD: unknown option 'ARG'" (or
+ * "unexpected argument 'ARG'" when it does not start with '-') with a pointer at
+ * `essaim CMD --help`, and returns 2, the exit status of a usage error. */
+int ess_opt_unknown(const char *cmd, const char *arg);
+/* Prints "essaim CMD: OPT wants a value" and returns 2. */
+int ess_opt_missing(const char *cmd, const char *opt);
+
 #endif

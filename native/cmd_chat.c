@@ -46,7 +46,7 @@ static void usage(FILE *f) {
             "                        mistral-v7-tekken, chatml, zephyr, zephyr-endoftext, llama3,\n"
             "                        gemma, alpaca\n"
             "  --stop TEXT           an extra stop string (repeatable)\n"
-            "  -n, --max-tokens N    tokens per answer at most (default 512, 0 = until the end)\n"
+            "  -n, --max-tokens N    (or --n-predict) tokens per answer at most (default 512, 0 = until the end)\n"
             "  --temp T              temperature, 0 = greedy (default 0.8)\n"
             "  --top-k K             (default 40, 0 = off)\n"
             "  --top-p P             (default 0.95, 1 = off)\n"
@@ -76,30 +76,6 @@ static void chat_help(void) {
            "  /load FILE     read a conversation saved by /save and continue it\n"
            "  /stats         tokens, prefill and decode speed, context use\n"
            "a line ending with \\ continues on the next line; Ctrl-C stops an answer.\n");
-}
-
-static int parse_int(const char *s, const char *opt, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = s ? strtol(s, &end, 10) : 0;
-    if (!s || !*s || *end || errno || v < lo || v > hi) {
-        fprintf(stderr, "essaim chat: %s wants an integer in [%ld, %ld], got '%s'\n", opt, lo, hi, s ? s : "");
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *s, const char *opt, float *out) {
-    char *end;
-    errno = 0;
-    float v = s ? strtof(s, &end) : 0;
-    if (!s || !*s || *end || errno || v != v) {
-        fprintf(stderr, "essaim chat: %s wants a number, got '%s'\n", opt, s ? s : "");
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 /* ---- the driver over a relay as a generation backend ---- */
@@ -407,38 +383,37 @@ int ess_cmd_chat(int argc, char **argv) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); free(user_stops); return 0; }
-        else if (!strcmp(a, "--system")) { if (!v) bad = 1; system = v; i++; }
-        else if (!strcmp(a, "--template")) { if (!v) bad = 1; tmpl_name = v; i++; }
-        else if (!strcmp(a, "--stop")) { if (!v || !*v) bad = 1; else user_stops[n_user_stops++] = v; i++; }
-        else if (!strcmp(a, "-n") || !strcmp(a, "--max-tokens") || !strcmp(a, "--n-predict")) { bad = parse_int(v, a, 0, 1 << 24, &max_tokens); i++; }
-        else if (!strcmp(a, "--temp")) { bad = parse_float(v, a, &sp.temp); i++; }
-        else if (!strcmp(a, "--top-k")) { long x = 0; bad = parse_int(v, a, 0, 1 << 24, &x); sp.top_k = (int32_t)x; i++; }
-        else if (!strcmp(a, "--top-p")) { bad = parse_float(v, a, &sp.top_p); i++; }
-        else if (!strcmp(a, "--min-p")) { bad = parse_float(v, a, &sp.min_p); i++; }
-        else if (!strcmp(a, "--repeat-penalty")) { bad = parse_float(v, a, &sp.penalty_repeat); i++; }
-        else if (!strcmp(a, "--seed")) { bad = parse_int(v, a, 0, INT32_MAX, &seed); seed_given = 1; i++; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { bad = parse_int(v, a, 1, 256, &threads); i++; }
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) { bad = parse_int(v, a, 1, 1 << 22, &ctx); i++; }
-        else if (!strcmp(a, "-b") || !strcmp(a, "--batch")) { bad = parse_int(v, a, 1, 1 << 16, &batch); i++; }
-        else if (!strcmp(a, "--relay")) { if (!v) bad = 1; ro.relay = v; i++; }
+        else if (!strcmp(a, "--system")) { bad = v ? 0 : ess_opt_missing("chat", a); system = v; i++; }
+        else if (!strcmp(a, "--template")) { bad = v ? 0 : ess_opt_missing("chat", a); tmpl_name = v; i++; }
+        else if (!strcmp(a, "--stop")) {
+            if (!v) bad = ess_opt_missing("chat", a);
+            else if (!*v) { fprintf(stderr, "essaim chat: --stop wants a non-empty string\n"); bad = 1; }
+            else user_stops[n_user_stops++] = v;
+            i++;
+        }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--max-tokens") || !strcmp(a, "--n-predict")) { bad = ess_opt_long("chat", a, v, 0, 1 << 24, &max_tokens); i++; }
+        else if (!strcmp(a, "--temp")) { bad = ess_opt_float("chat", a, v, &sp.temp); i++; }
+        else if (!strcmp(a, "--top-k")) { long x = 0; bad = ess_opt_long("chat", a, v, 0, 1 << 24, &x); sp.top_k = (int32_t)x; i++; }
+        else if (!strcmp(a, "--top-p")) { bad = ess_opt_float("chat", a, v, &sp.top_p); i++; }
+        else if (!strcmp(a, "--min-p")) { bad = ess_opt_float("chat", a, v, &sp.min_p); i++; }
+        else if (!strcmp(a, "--repeat-penalty")) { bad = ess_opt_float("chat", a, v, &sp.penalty_repeat); i++; }
+        else if (!strcmp(a, "--seed")) { bad = ess_opt_long("chat", a, v, 0, INT32_MAX, &seed); seed_given = 1; i++; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { bad = ess_opt_long("chat", a, v, 1, 256, &threads); i++; }
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) { bad = ess_opt_long("chat", a, v, 1, 1 << 22, &ctx); i++; }
+        else if (!strcmp(a, "-b") || !strcmp(a, "--batch")) { bad = ess_opt_long("chat", a, v, 1, 1 << 16, &batch); i++; }
+        else if (!strcmp(a, "--relay")) { bad = v ? 0 : ess_opt_missing("chat", a); ro.relay = v; i++; }
         else if (!strcmp(a, "--insecure")) ro.insecure = 1;
-        else if (!strcmp(a, "--ca")) { if (!v) bad = 1; ro.ca_file = v; i++; }
-        else if (!strcmp(a, "--token-delay")) { bad = parse_int(v, a, 0, 60000, &delay); i++; }
+        else if (!strcmp(a, "--ca")) { bad = v ? 0 : ess_opt_missing("chat", a); ro.ca_file = v; i++; }
+        else if (!strcmp(a, "--token-delay")) { bad = ess_opt_long("chat", a, v, 0, 60000, &delay); i++; }
         else if (!strcmp(a, "--kv-type")) {
             if (v && !strcmp(v, "f32")) kv_type = ESS_TYPE_F32;
             else if (v && !strcmp(v, "f16")) kv_type = ESS_TYPE_F16;
             else { fprintf(stderr, "essaim chat: --kv-type wants f32 or f16, got '%s'\n", v ? v : ""); free(user_stops); return 2; }
             i++;
         }
-        else if (a[0] == '-' && a[1]) { fprintf(stderr, "essaim chat: unknown option '%s' (essaim chat --help)\n", a); free(user_stops); return 2; }
-        else if (!model) model = a;
-        else { fprintf(stderr, "essaim chat: unexpected argument '%s'\n", a); free(user_stops); return 2; }
-        if (bad) {
-            if (!v) fprintf(stderr, "essaim chat: %s wants a value\n", a);
-            else if (!strcmp(a, "--stop")) fprintf(stderr, "essaim chat: --stop wants a non-empty string\n");
-            free(user_stops);
-            return 2;
-        }
+        else if ((a[0] == '-' && a[1]) || model) { free(user_stops); return ess_opt_unknown("chat", a); }
+        else model = a;
+        if (bad) { free(user_stops); return 2; }
     }
     if (!model) { fprintf(stderr, "essaim chat: no MODEL given\n"); usage(stderr); free(user_stops); return 2; }
     int tmpl = -1;

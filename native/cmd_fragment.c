@@ -44,16 +44,20 @@ int ess_cmd_fragment(int argc, char **argv) {
     int64_t max = ESS_FRAG_DEFAULT_MAX;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) { usage(stdout); return 0; }
-        else if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
-        else if (!strcmp(argv[i], "--max-size") && i + 1 < argc) {
-            if ((max = ess_parse_size(argv[++i])) <= 0) {
-                fprintf(stderr, "essaim fragment: bad --max-size '%s'\n", argv[i]);
-                return 2;
-            }
-        } else if (argv[i][0] != '-' && !in) in = argv[i];
-        else { usage(stderr); return 2; }
+        else if (!strcmp(argv[i], "-o")) {
+            if (i + 1 == argc) return ess_opt_missing("fragment", argv[i]);
+            out = argv[++i];
+        }
+        else if (!strcmp(argv[i], "--max-size")) {
+            int64_t m;
+            if (ess_opt_size("fragment", argv[i], i + 1 < argc ? argv[i + 1] : NULL, &m)) return 2;
+            max = m;
+            i++;
+        }
+        else if (argv[i][0] != '-' && !in) in = argv[i];
+        else return ess_opt_unknown("fragment", argv[i]);
     }
-    if (!in || !out) { usage(stderr); return 2; }
+    if (!in || !out) { fprintf(stderr, "essaim fragment: %s is required\n", !in ? "FILE.gguf" : "-o DIR"); usage(stderr); return 2; }
 
     double t0 = ess_now();
     char err[512], path[4096], tmp[4096] = "";

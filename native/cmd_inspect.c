@@ -202,9 +202,9 @@ int ess_cmd_inspect(int argc, char **argv) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) { usage(stdout); return 0; }
         else if (!strcmp(argv[i], "--all")) all = 1;
         else if (argv[i][0] != '-' && !in) in = argv[i];
-        else { usage(stderr); return 2; }
+        else return ess_opt_unknown("inspect", argv[i]);
     }
-    if (!in) { usage(stderr); return 2; }
+    if (!in) { fprintf(stderr, "essaim inspect: no FILE.gguf or DIR given\n"); usage(stderr); return 2; }
     struct stat st;
     if (stat(in, &st) == 0 && S_ISDIR(st.st_mode)) return inspect_dir(in);
     return inspect_gguf(in, all);

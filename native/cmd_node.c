@@ -819,27 +819,28 @@ int ess_cmd_node(int argc, char **argv) {
     long threads = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        int bad = 0;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
-        else if (!strcmp(a, "--relay") && v) { nd.relay = v; i++; }
-        else if (!strcmp(a, "--store") && v) { nd.store = v; i++; }
-        else if (!strcmp(a, "--budget") && v) {
-            int64_t b = ess_parse_size(v);
-            if (b <= 0) { fprintf(stderr, "essaim node: --budget wants a size like 10M, got '%s'\n", v); return 2; }
+        else if (!strcmp(a, "--insecure")) { insecure = 1; continue; }
+        else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { nd.verbose = 1; continue; }
+        else if (!strcmp(a, "--relay")) { bad = v ? 0 : ess_opt_missing("node", a); nd.relay = v; }
+        else if (!strcmp(a, "--store")) { bad = v ? 0 : ess_opt_missing("node", a); nd.store = v; }
+        else if (!strcmp(a, "--ca")) { bad = v ? 0 : ess_opt_missing("node", a); ca = v; }
+        else if (!strcmp(a, "--budget")) {
+            int64_t b = 0;
+            bad = ess_opt_size("node", a, v, &b);
             nd.budget = (uint64_t)b;
-            i++;
         }
-        else if (!strcmp(a, "--insecure")) insecure = 1;
-        else if ((!strcmp(a, "-t") || !strcmp(a, "--threads")) && v) {
-            char *end;
-            threads = strtol(v, &end, 10);
-            if (*end || threads < 1 || threads > 256) { fprintf(stderr, "essaim node: --threads wants 1..256, got '%s'\n", v); return 2; }
-            i++;
-        }
-        else if (!strcmp(a, "--ca") && v) { ca = v; i++; }
-        else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) nd.verbose = 1;
-        else { fprintf(stderr, "essaim node: unknown option or missing value '%s' (essaim node --help)\n", a); return 2; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) bad = ess_opt_long("node", a, v, 1, 256, &threads);
+        else return ess_opt_unknown("node", a);
+        if (bad) return 2;
+        i++;
     }
-    if (!nd.relay || !nd.store) { usage(stderr); return 2; }
+    if (!nd.relay || !nd.store) {
+        fprintf(stderr, "essaim node: %s is required\n", !nd.relay ? "--relay URL" : "--store DIR");
+        usage(stderr);
+        return 2;
+    }
     if (ess_fetch_base(nd.relay, nd.base, sizeof nd.base)) {
         fprintf(stderr, "essaim node: %s: not a ws:// or wss:// URL\n", nd.relay);
         return 2;

@@ -39,11 +39,14 @@ int ess_cmd_recombine(int argc, char **argv) {
     const char *dir = NULL, *out = NULL;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) { usage(stdout); return 0; }
-        else if (!strcmp(argv[i], "-o") && i + 1 < argc) out = argv[++i];
+        else if (!strcmp(argv[i], "-o")) {
+            if (i + 1 == argc) return ess_opt_missing("recombine", argv[i]);
+            out = argv[++i];
+        }
         else if (argv[i][0] != '-' && !dir) dir = argv[i];
-        else { usage(stderr); return 2; }
+        else return ess_opt_unknown("recombine", argv[i]);
     }
-    if (!dir || !out) { usage(stderr); return 2; }
+    if (!dir || !out) { fprintf(stderr, "essaim recombine: %s is required\n", !dir ? "DIR" : "-o OUT.gguf"); usage(stderr); return 2; }
 
     double t0 = ess_now();
     char path[4096], part[4096], err[512] = "";

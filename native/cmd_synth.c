@@ -60,24 +60,6 @@ static void *run_job(void *p) {
     return NULL;
 }
 
-static int parse_u32(const char *s, uint32_t *v) {
-    char *end;
-    errno = 0;
-    unsigned long x = strtoul(s, &end, 10);
-    if (errno || end == s || *end || x > 0xffffffffu || s[0] == '-') return -1;
-    *v = (uint32_t)x;
-    return 0;
-}
-
-static int parse_f32(const char *s, float *v) {
-    char *end;
-    errno = 0;
-    double x = strtod(s, &end);
-    if (errno || end == s || *end) return -1;
-    *v = (float)x;
-    return 0;
-}
-
 static int write_zeros(int fd, uint64_t n) {
     static const uint8_t z[4096];
     while (n) {
@@ -109,8 +91,13 @@ int ess_cmd_synth(int argc, char **argv) {
         size_t k;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         if (!strcmp(a, "--tied")) { tied = 1; continue; }
-        if (!v) { fprintf(stderr, "essaim synth: %s needs a value (essaim synth --help)\n", a); return 2; }
+        static const char *const takes_value[] = {"-o", "--output", "--preset", "--type", "--vocab",
+                                                  "--name", "--seed", "--threads", "--arch"};
         for (k = 0; k < n_sf && strcmp(a, sf[k].flag); k++) {}
+        int known = k < n_sf;
+        for (size_t j = 0; !known && j < sizeof takes_value / sizeof *takes_value; j++) known = !strcmp(a, takes_value[j]);
+        if (!known) return ess_opt_unknown("synth", a);
+        if (!v) return ess_opt_missing("synth", a);
         if (k < n_sf) sf[k].val = v;
         else if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = v;
         else if (!strcmp(a, "--preset")) preset = v;
@@ -123,31 +110,26 @@ int ess_cmd_synth(int argc, char **argv) {
             seed = strtoull(v, &end, 0);
             if (errno || end == v || *end || v[0] == '-') { fprintf(stderr, "essaim synth: bad --seed '%s'\n", v); return 2; }
         } else if (!strcmp(a, "--threads")) {
-            uint32_t t;
-            if (parse_u32(v, &t) || t < 1 || t > MAX_THREADS) {
-                fprintf(stderr, "essaim synth: --threads wants 1..%d, got '%s'\n", MAX_THREADS, v);
-                return 2;
-            }
+            long t;
+            if (ess_opt_long("synth", a, v, 1, MAX_THREADS, &t)) return 2;
             n_threads = (int)t;
-        } else if (!strcmp(a, "--arch")) {
-            if (strcmp(v, "llama")) { fprintf(stderr, "essaim synth: --arch %s: only llama is supported\n", v); return 2; }
-        } else {
-            fprintf(stderr, "essaim synth: unknown option '%s' (essaim synth --help)\n", a);
+        } else if (strcmp(v, "llama")) { /* --arch */
+            fprintf(stderr, "essaim synth: --arch %s: only llama is supported\n", v);
             return 2;
         }
         i++;
     }
-    if (!out || !type) { usage(stderr); return 2; }
+    if (!out || !type) { fprintf(stderr, "essaim synth: %s is required\n", !out ? "-o FILE.gguf" : "--type TYPE"); usage(stderr); return 2; }
 
     ess_err e = {0};
     snprintf(shape.name, sizeof shape.name, "essaim synthetic");
     if (preset && ess_synth_preset(preset, &shape, &e)) { fprintf(stderr, "essaim synth: %s\n", e.msg); return 2; }
     for (size_t k = 0; k < n_sf; k++) {
         if (!sf[k].val) continue;
-        if (sf[k].u ? parse_u32(sf[k].val, sf[k].u) : parse_f32(sf[k].val, sf[k].f)) {
-            fprintf(stderr, "essaim synth: bad %s '%s'\n", sf[k].flag, sf[k].val);
+        long u;
+        if (sf[k].u ? ess_opt_long("synth", sf[k].flag, sf[k].val, 0, UINT32_MAX, &u) : ess_opt_float("synth", sf[k].flag, sf[k].val, sf[k].f))
             return 2;
-        }
+        if (sf[k].u) *sf[k].u = (uint32_t)u;
     }
     /* Without --kv-heads a shape given by flags alone is plain multi-head attention. */
     if (!preset && !sf[SF_KV_HEADS].val) shape.n_head_kv = shape.n_head;

@@ -20,9 +20,9 @@ int ess_cmd_verify(int argc, char **argv) {
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) { usage(stdout); return 0; }
         else if (argv[i][0] != '-' && !dir) dir = argv[i];
-        else { usage(stderr); return 2; }
+        else return ess_opt_unknown("verify", argv[i]);
     }
-    if (!dir) { usage(stderr); return 2; }
+    if (!dir) { fprintf(stderr, "essaim verify: no DIR given\n"); usage(stderr); return 2; }
 
     char path[4096], err[512] = "";
     ess_manifest m;

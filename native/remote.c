@@ -498,16 +498,22 @@ static int is_hex64(const char *s) {
     return i == 64;
 }
 
+/* HTTP options of every download from the relay: its TLS trust and our bearer token. */
+static ess_fetch_opts fetch_opts(const ess_remote *r) {
+    ess_fetch_opts fo = {0};
+    fo.insecure = r->o.insecure;
+    fo.ca_file = r->o.ca_file;
+    fo.token = r->token;
+    return fo;
+}
+
 /* A model named by the relay's /api/models: its file name ("stories260K-Q8_0.gguf", with
  * or without .gguf) or the first hex digits of its id (8 at least), matching one model. */
 static int resolve_model(ess_remote *r, const char *model, char out[65], char *err, size_t errlen) {
     char url[1100];
     uint8_t *body;
     size_t n;
-    ess_fetch_opts fo = {0};
-    fo.insecure = r->o.insecure;
-    fo.ca_file = r->o.ca_file;
-    fo.token = r->token;
+    ess_fetch_opts fo = fetch_opts(r);
     snprintf(url, sizeof url, "%s/api/models", r->base);
     if (ess_fetch_mem(url, &fo, &body, &n, MANIFEST_MAX, err, errlen)) return -1;
     json_error_t je;
@@ -572,10 +578,7 @@ static int locate_manifest(ess_remote *r, const char *model, char *dir, size_t d
     snprintf(url, sizeof url, "%s/models/%s/manifest.json", r->base, model);
     uint8_t *body;
     size_t n;
-    ess_fetch_opts fo = {0};
-    fo.insecure = r->o.insecure;
-    fo.ca_file = r->o.ca_file;
-    fo.token = r->token;
+    ess_fetch_opts fo = fetch_opts(r);
     int rc = ess_fetch_mem(url, &fo, &body, &n, MANIFEST_MAX, err, errlen);
     if (rc == ESS_ENOTFOUND)
         snprintf(err, errlen, "%s: the relay serves no manifest for model '%.80s' (give the fragment directory or its "
@@ -602,10 +605,7 @@ static int need_frag(ess_remote *r, const ess_manifest_frag *mf, const char *dir
     snprintf(path, sizeof path, "%s/%s%s", dir, mf->id, ESS_FRAG_EXT);
     struct stat st;
     if (stat(path, &st) != 0 || (uint64_t)st.st_size != mf->size) {
-        ess_fetch_opts fo = {0};
-        fo.insecure = r->o.insecure;
-        fo.ca_file = r->o.ca_file;
-        fo.token = r->token;
+        ess_fetch_opts fo = fetch_opts(r);
         double t0 = ess_now();
         int rc = ess_fetch_fragment(r->base, mf->id, mf->size, dir, &fo, err, errlen);
         if (rc) return -1;

@@ -1,5 +1,5 @@
 /* util.c - POSIX glue shared by the essaim subcommands: file mapping, progress bar,
- * clocks, sizes. See cli.h for the contracts. */
+ * clocks, sizes, option values. See cli.h for the contracts. */
 #include "cli.h"
 
 #include <errno.h>
@@ -169,4 +169,59 @@ int ess_mkdir_p(const char *path) {
     }
     if (mkdir(tmp, 0755) != 0 && errno != EEXIST) return -1;
     return 0;
+}
+
+int ess_opt_long(const char *cmd, const char *opt, const char *s, long lo, long hi, long *out) {
+    if (!s) return ess_opt_missing(cmd, opt), -1;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (!*s || *end || errno || v < lo || v > hi) {
+        fprintf(stderr, "essaim %s: %s wants an integer in [%ld, %ld], got '%s'\n", cmd, opt, lo, hi, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int ess_opt_double(const char *cmd, const char *opt, const char *s, double *out) {
+    if (!s) return ess_opt_missing(cmd, opt), -1;
+    char *end;
+    errno = 0;
+    double v = strtod(s, &end);
+    if (!*s || *end || errno || v != v) {
+        fprintf(stderr, "essaim %s: %s wants a number, got '%s'\n", cmd, opt, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int ess_opt_float(const char *cmd, const char *opt, const char *s, float *out) {
+    double d;
+    if (ess_opt_double(cmd, opt, s, &d)) return -1;
+    *out = (float)d;
+    return 0;
+}
+
+int ess_opt_size(const char *cmd, const char *opt, const char *s, int64_t *out) {
+    if (!s) return ess_opt_missing(cmd, opt), -1;
+    int64_t v = ess_parse_size(s);
+    if (v <= 0) {
+        fprintf(stderr, "essaim %s: %s wants a size like 10M, got '%s'\n", cmd, opt, s);
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int ess_opt_unknown(const char *cmd, const char *arg) {
+    fprintf(stderr, "essaim %s: %s '%s' (see essaim %s --help)\n", cmd,
+            arg[0] == '-' && arg[1] ? "unknown option" : "unexpected argument", arg, cmd);
+    return 2;
+}
+
+int ess_opt_missing(const char *cmd, const char *opt) {
+    fprintf(stderr, "essaim %s: %s wants a value\n", cmd, opt);
+    return 2;
 }

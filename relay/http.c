@@ -360,12 +360,21 @@ char *ess_relay_stats_json(ess_relay *r) {
     for (uint32_t i = 0; i < r->dir.n_nodes; i++) {
         const ess_dir_node *n = &r->dir.nodes[i];
         if (!n->live) continue;
-        char key[65];
+        char key[65], hex[65];
         ess_sha256_hex(n->key, key);
-        json_array_append_new(nodes, json_pack("{s:i,s:s,s:I,s:I,s:I,s:i,s:i,s:I,s:I,s:I}", "index", (int)i, "key", key,
+        /* The fragments it serves now (HELD), not those still being fetched: what a
+         * failure drill must take into account to choose its victims. */
+        json_t *held = json_array();
+        for (uint32_t k = 0; held && k < n->n_frags; k++) {
+            if (ess_dir_holding(&r->dir, i, n->frags[k]) != ESS_DIR_HELD) continue;
+            ess_sha256_hex(r->dir.frags[n->frags[k]].id, hex);
+            json_array_append_new(held, json_string(hex));
+        }
+        json_array_append_new(nodes, json_pack("{s:i,s:s,s:I,s:I,s:I,s:i,s:o,s:i,s:I,s:I,s:I}", "index", (int)i, "key", key,
                                                "uptime_s", (json_int_t)ess_dir_node_uptime_s(&r->dir, i, now),
                                                "budget", (json_int_t)n->budget, "used", (json_int_t)n->used,
-                                               "fragments", (int)n->n_frags, "inflight", (int)n->inflight,
+                                               "fragments", (int)n->n_frags, "fragments_held", held,
+                                               "inflight", (int)n->inflight,
                                                "served", (json_int_t)n->stats.served,
                                                "timeouts", (json_int_t)n->stats.timeouts,
                                                "bad_answers", (json_int_t)n->stats.bad_answers));

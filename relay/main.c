@@ -339,9 +339,9 @@ int main(int argc, char **argv) {
         {"replicas", 1, 0, 'R'}, {"heartbeat", 1, 0, 'H'}, {"missed", 1, 0, 'M'}, {"request-timeout", 1, 0, 'T'},
         {"rate", 1, 0, 'r'}, {"burst", 1, 0, 'b'}, {"max-frame", 1, 0, 'F'}, {"tls-cert", 1, 0, 'c'},
         {"tls-key", 1, 0, 'k'}, {"add-model", 1, 0, 'a'}, {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    int c;
+    int c, li = 0;
     uint32_t u;
-    while ((c = getopt_long(argc, argv, "vh", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "vh", lo, &li)) != -1) {
         switch (c) {
         case 'l':
             if (parse_listen(o, optarg)) {
@@ -368,7 +368,7 @@ int main(int argc, char **argv) {
                         : c == 'F' ? ESS_WIRE_MAX_FRAME : 10000000;
             uint32_t lo_ = c == 'F' ? ESS_WIRE_HEADER_SIZE : 1;
             if (parse_u32(optarg, lo_, hi, &u)) {
-                fprintf(stderr, "essaim-relay: %s: expected a number in %u..%u\n", optarg, lo_, hi);
+                fprintf(stderr, "essaim-relay: --%s wants an integer in [%u, %u], got '%s'\n", lo[li].name, lo_, hi, optarg);
                 return 2;
             }
             if (c == 'R') o->replicas = u;
@@ -380,10 +380,17 @@ int main(int argc, char **argv) {
             if (c == 'F') o->max_frame = u;
             break;
         }
-        default: usage(stderr); return 2;
+        default: /* getopt has named the unknown option or the one missing its value */
+            fprintf(stderr, "essaim-relay: see essaim-relay --help\n");
+            return 2;
         }
     }
-    if (optind < argc || !o->store) {
+    if (optind < argc) {
+        fprintf(stderr, "essaim-relay: unexpected argument '%s' (see essaim-relay --help)\n", argv[optind]);
+        return 2;
+    }
+    if (!o->store) {
+        fprintf(stderr, "essaim-relay: --store DIR is required\n");
         usage(stderr);
         return 2;
     }

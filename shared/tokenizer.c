@@ -1,8 +1,8 @@
 /* tokenizer.c - SPM and byte-level BPE tokenizers from GGUF metadata (see tokenizer.h).
  *
  * The algorithms follow llama.cpp's llama-vocab.cpp step for step so that ids agree
- * exactly; where we diverge (Tekken case classes, unmappable bytes in BPE pieces) the
- * header and docs/tokenizers.md say so. */
+ * exactly; where we diverge (unmappable bytes in BPE pieces, see docs/tokenizers.md) the
+ * header and the docs say so. */
 #include "tokenizer.h"
 
 #include <stdlib.h>

@@ -139,12 +139,17 @@ size_t ess_unicode_split_llama3(const uint32_t *cps, size_t n, uint32_t *lens) {
     return s.n_words;
 }
 
-/* Tekken's case classes: "upper" [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}], "lower" [\p{Ll}\p{Lm}\p{Lo}\p{M}]. */
+/* Tekken's case classes as llama.cpp evaluates them. Its llama-vocab.cpp rewrites Mistral's
+ * [\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}] as ((?=[\p{L}])([^a-z])) and [\p{Ll}\p{Lm}\p{Lo}\p{M}] as
+ * ((?=[\p{L}])([^A-Z])), run by std::regex over text where every non-ASCII code point is
+ * replaced by a byte for its category. So "upper" is a letter outside a-z, "lower" a letter
+ * outside A-Z: every non-ASCII letter is both, and marks (\p{M}, not letters there) are
+ * neither and fall to the punctuation alternative. */
 static int tk_upper(const splitter *s, size_t pos) {
-    return (fl(s, pos) & (ESS_UC_LU | ESS_UC_LT | ESS_UC_LM | ESS_UC_LO | ESS_UC_M)) != 0;
+    return (fl(s, pos) & ESS_UC_L) && !(s->cps[pos] >= 'a' && s->cps[pos] <= 'z');
 }
 static int tk_lower(const splitter *s, size_t pos) {
-    return (fl(s, pos) & (ESS_UC_LL | ESS_UC_LM | ESS_UC_LO | ESS_UC_M)) != 0;
+    return (fl(s, pos) & ESS_UC_L) && !(s->cps[pos] >= 'A' && s->cps[pos] <= 'Z');
 }
 /* [^\r\n\p{L}\p{N}] */
 static int tk_prefix(const splitter *s, size_t pos) {

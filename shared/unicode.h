@@ -60,8 +60,10 @@ size_t ess_utf8_encode(uint32_t cp, uint8_t out[4]);
  * tekken: [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|
  *         [^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|\p{N}|
  *         ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+
- *         with true Unicode case classes, as Mistral's tokenizer.json means it (llama.cpp
- *         approximates them with [^a-z]/[^A-Z], which differs only for non-ASCII letters). */
+ *         evaluated as llama.cpp does: its rewrite ((?=[\p{L}])([^a-z])) for the first class
+ *         and ((?=[\p{L}])([^A-Z])) for the second, so a non-ASCII letter is both upper and
+ *         lower case and a mark (\p{M}) is no letter. Mistral's own tokenizer differs there
+ *         ("aÉb" is "a" "Éb" for it, one word for llama.cpp and us). */
 size_t ess_unicode_split_llama3(const uint32_t *cps, size_t n, uint32_t *lens);
 size_t ess_unicode_split_tekken(const uint32_t *cps, size_t n, uint32_t *lens);
 

@@ -183,10 +183,14 @@ ESS_TEST(split_tekken_case_runs_single_digits_slash) {
     ESS_CHECK_STR(out, "Hello|WORLD| |2|0|2|4| ok|!!//\n|x");
     split_join(ess_unicode_split_tekken, "ABCdef abcDEF a/b", out);
     ESS_CHECK_STR(out, "ABCdef| abc|DEF| a|/b");
-    /* True Unicode case classes: É is upper, so "aÉb" cuts before it; a titlecase letter
-     * leads a word; a combining mark counts as both cases. */
+    /* llama.cpp's case classes ([^a-z] and [^A-Z] over letters): a non-ASCII letter is both
+     * cases, so "aÉb" stays one word (Mistral's tokenizer cuts before É), "ÉCOLE" gives "É"
+     * to the lower+ run and "COLE" to the next word; a combining mark is no letter: it
+     * leads the next word as the optional prefix. */
     split_join(ess_unicode_split_tekken, "a\xc3\x89" "b \xc7\x85" "ab e\xcc\x81t", out);
-    ESS_CHECK_STR(out, "a|\xc3\x89" "b| \xc7\x85" "ab| e\xcc\x81t");
+    ESS_CHECK_STR(out, "a\xc3\x89" "b| \xc7\x85" "ab| e|\xcc\x81t");
+    split_join(ess_unicode_split_tekken, "\xc3\x89" "COLE \xce\x91\xce\xb2\xce\x93", out);
+    ESS_CHECK_STR(out, "\xc3\x89|COLE| \xce\x91\xce\xb2\xce\x93");
     split_join(ess_unicode_split_tekken, "x  \n\n y", out);
     ESS_CHECK_STR(out, "x|  \n\n| y");
 }

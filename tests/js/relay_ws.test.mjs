@@ -133,6 +133,7 @@ test('a node claiming a fragment it lacks fails the possession check (BAD_PROOF)
     const s = await (await fetch(`${relay.http}/api/stats`)).json();
     assert.equal(s.counters.proofs_bad, 1);
     assert.equal(s.fragments.replicas_live, 0);
+    assert.ok(s.live_nodes.every((x) => Array.isArray(x.fragments_held) && x.fragments_held.length === 0));
     // and an id it never heard of
     liar.send(frame(T.HOLDINGS, 0, { fragments: ['ab'.repeat(32)], budget: 1 << 20 }));
     assert.equal((await liar.next((f) => f.type === T.ERROR && f.code === E.UNKNOWN_FRAGMENT)).code, E.UNKNOWN_FRAGMENT);
@@ -148,6 +149,14 @@ test('wrong-length result: BAD_SIZE to the node, re-sent to another replica', { 
     await proofsDone(relay, 1);
     const good = await nodeHolding(relay, [m.id], 'good');
     await proofsDone(relay, 2);
+    // both hold the matrix fragment live once proven; assignments they never fetched are not listed
+    let held;
+    for (let i = 0; i < 100; i++) {
+      held = (await (await fetch(`${relay.http}/api/stats`)).json()).live_nodes.map((x) => x.fragments_held);
+      if (held.length === 2 && held.every((h) => h.length)) break;
+      await sleep(50);
+    }
+    assert.deepEqual(held, [[m.id], [m.id]]);
     const asker = new Peer(relay.ws);
     await asker.join(['asker']);
     // both idle: whichever is picked first, the asker gets one right answer
