@@ -78,28 +78,6 @@ static void chat_help(void) {
            "a line ending with \\ continues on the next line; Ctrl-C stops an answer.\n");
 }
 
-/* ---- the driver over a relay as a generation backend ---- */
-
-typedef struct {
-    ess_engine *en;
-    ess_remote *r;
-} remote_backend;
-
-static const float *remote_eval(void *ctx, const int32_t *tokens, int n, char *err, size_t errlen) {
-    remote_backend *rb = ctx;
-    if (ess_remote_engine_eval(rb->en, rb->r, tokens, n, err, errlen)) return NULL;
-    return ess_driver_logits(rb->en->d);
-}
-
-static int remote_rewind(void *ctx, int pos, char *err, size_t errlen) {
-    remote_backend *rb = ctx;
-    if (ess_driver_rewind(rb->en->d, pos)) {
-        snprintf(err, errlen, "%s", ess_driver_err(rb->en->d));
-        return -1;
-    }
-    return 0;
-}
-
 /* ---- the conversation ---- */
 
 typedef struct {
@@ -492,13 +470,9 @@ int ess_cmd_chat(int argc, char **argv) {
     }
 
     ess_gen_backend b;
-    ess_gen_backend_engine(&b, &en);
-    remote_backend rb = {&en, rem};
-    if (rem) {
-        b.ctx = &rb;
-        b.eval = remote_eval;
-        b.rewind = remote_rewind;
-    }
+    ess_remote_backend rb;
+    if (rem) ess_remote_gen_backend(&b, &rb, &en, rem);
+    else ess_gen_backend_engine(&b, &en);
     ess_gen_opts go = {0};
     go.sp = sp;
     go.max_tokens = (int)max_tokens;

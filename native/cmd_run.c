@@ -14,6 +14,8 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "gen.h"
+#include "remote.h"
 #include "sampler.h"
 #include "source.h"
 #include "tokenizer.h"
@@ -34,34 +36,14 @@ static void usage(FILE *f) {
             "  -c, --ctx C           context in tokens (default: the model's, at most 4096)\n"
             "  --kv-type f32|f16     KV cache type (default f32)\n"
             "  -b, --batch B         prompt tokens per batch (default 512)\n"
+            "  --relay URL           run over a swarm (ws:// or wss://); MODEL is then a fragment\n"
+            "                        directory, a manifest.json or a model id the relay serves\n"
+            "  --insecure            with --relay: accept a self-signed TLS certificate\n"
+            "  --ca FILE             with --relay: trust the certificates in FILE too\n"
             "debug:\n"
             "  --tokens 1,2,3        prompt token ids instead of -p (no BOS added)\n"
             "  --ids                 print generated token ids instead of text\n"
             "  --dump-logits FILE    write {tokens, logits} of every prompt position as JSON and stop\n");
-}
-
-static int parse_int(const char *s, const char *opt, long lo, long hi, long *out) {
-    char *end;
-    errno = 0;
-    long v = s ? strtol(s, &end, 10) : 0;
-    if (!s || !*s || *end || errno || v < lo || v > hi) {
-        fprintf(stderr, "essaim run: %s wants an integer in [%ld, %ld], got '%s'\n", opt, lo, hi, s ? s : "");
-        return -1;
-    }
-    *out = v;
-    return 0;
-}
-
-static int parse_float(const char *s, const char *opt, float *out) {
-    char *end;
-    errno = 0;
-    float v = s ? strtof(s, &end) : 0;
-    if (!s || !*s || *end || errno || v != v) {
-        fprintf(stderr, "essaim run: %s wants a number, got '%s'\n", opt, s ? s : "");
-        return -1;
-    }
-    *out = v;
-    return 0;
 }
 
 /* "1,2,3" -> ids; returns the count or -1. */
@@ -111,22 +93,25 @@ int ess_cmd_run(int argc, char **argv) {
     int print_ids = 0, kv_type = ESS_TYPE_F32, seed_given = 0;
     ess_sampler_params sp;
     ess_sampler_params_default(&sp);
+    ess_remote_opts ro = {0};
+    ess_remote *rem = NULL;
+    ess_remote_backend rb;
     if (threads < 1) threads = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         int bad = 0;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) { if (!v) bad = 1; prompt = v; i++; }
-        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { bad = parse_int(v, a, 0, 1 << 24, &n_predict); i++; }
-        else if (!strcmp(a, "--temp")) { bad = parse_float(v, a, &sp.temp); i++; }
-        else if (!strcmp(a, "--top-k")) { long x; bad = parse_int(v, a, 0, 1 << 24, &x); sp.top_k = (int32_t)x; i++; }
-        else if (!strcmp(a, "--top-p")) { bad = parse_float(v, a, &sp.top_p); i++; }
-        else if (!strcmp(a, "--min-p")) { bad = parse_float(v, a, &sp.min_p); i++; }
-        else if (!strcmp(a, "--repeat-penalty")) { bad = parse_float(v, a, &sp.penalty_repeat); i++; }
-        else if (!strcmp(a, "--seed")) { bad = parse_int(v, a, 0, INT32_MAX, &seed); seed_given = 1; i++; }
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { bad = parse_int(v, a, 1, 256, &threads); i++; }
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) { bad = parse_int(v, a, 1, 1 << 22, &ctx); i++; }
-        else if (!strcmp(a, "-b") || !strcmp(a, "--batch")) { bad = parse_int(v, a, 1, 1 << 16, &batch); i++; }
+        else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) { bad = ess_opt_long("run", a, v, 0, 1 << 24, &n_predict); i++; }
+        else if (!strcmp(a, "--temp")) { bad = ess_opt_float("run", a, v, &sp.temp); i++; }
+        else if (!strcmp(a, "--top-k")) { long x; bad = ess_opt_long("run", a, v, 0, 1 << 24, &x); sp.top_k = (int32_t)x; i++; }
+        else if (!strcmp(a, "--top-p")) { bad = ess_opt_float("run", a, v, &sp.top_p); i++; }
+        else if (!strcmp(a, "--min-p")) { bad = ess_opt_float("run", a, v, &sp.min_p); i++; }
+        else if (!strcmp(a, "--repeat-penalty")) { bad = ess_opt_float("run", a, v, &sp.penalty_repeat); i++; }
+        else if (!strcmp(a, "--seed")) { bad = ess_opt_long("run", a, v, 0, INT32_MAX, &seed); seed_given = 1; i++; }
+        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { bad = ess_opt_long("run", a, v, 1, 256, &threads); i++; }
+        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) { bad = ess_opt_long("run", a, v, 1, 1 << 22, &ctx); i++; }
+        else if (!strcmp(a, "-b") || !strcmp(a, "--batch")) { bad = ess_opt_long("run", a, v, 1, 1 << 16, &batch); i++; }
         else if (!strcmp(a, "--kv-type")) {
             if (v && !strcmp(v, "f32")) kv_type = ESS_TYPE_F32;
             else if (v && !strcmp(v, "f16")) kv_type = ESS_TYPE_F16;
@@ -135,12 +120,14 @@ int ess_cmd_run(int argc, char **argv) {
         }
         else if (!strcmp(a, "--tokens")) { if (!v) bad = 1; tokens_arg = v; i++; }
         else if (!strcmp(a, "--ids")) print_ids = 1;
+        else if (!strcmp(a, "--relay")) { if (!v) bad = 1; ro.relay = v; i++; }
+        else if (!strcmp(a, "--insecure")) ro.insecure = 1;
+        else if (!strcmp(a, "--ca")) { if (!v) bad = 1; ro.ca_file = v; i++; }
         else if (!strcmp(a, "--dump-logits")) { if (!v) bad = 1; dump = v; i++; }
-        else if (a[0] == '-' && a[1]) { fprintf(stderr, "essaim run: unknown option '%s' (essaim run --help)\n", a); return 2; }
-        else if (!model) model = a;
-        else { fprintf(stderr, "essaim run: unexpected argument '%s'\n", a); return 2; }
+        else if ((a[0] == '-' && a[1]) || model) return ess_opt_unknown("run", a);
+        else model = a;
         if (bad) {
-            if (!v) fprintf(stderr, "essaim run: %s wants a value\n", a);
+            if (!v) ess_opt_missing("run", a);
             return 2;
         }
     }
@@ -160,7 +147,10 @@ int ess_cmd_run(int argc, char **argv) {
     int32_t *toks = NULL;
     int n_tok = 0, rc = 1;
     ess_tokenizer *tok = NULL;
-    {
+    memset(&en, 0, sizeof en);
+    if (ro.relay) {
+        o.n_ctx = (int)ctx; /* 0: the model's, at most 4096 (remote.h) */
+    } else {
         /* read the header once to learn the model's context and tokenize */
         ess_source s;
         if (ess_source_open(&s, model, err, sizeof err)) { fprintf(stderr, "essaim run: %s\n", err); ess_source_close(&s); return 1; }
@@ -171,7 +161,8 @@ int ess_cmd_run(int argc, char **argv) {
         ess_model_free(&m);
         ess_source_close(&s);
     }
-    if (ess_engine_open(&en, model, (int)threads, &o, err, sizeof err)) {
+    if (ro.relay ? ess_remote_open(&rem, &ro, err, sizeof err) || ess_remote_engine_open(&en, rem, model, &o, err, sizeof err)
+                 : ess_engine_open(&en, model, (int)threads, &o, err, sizeof err)) {
         fprintf(stderr, "essaim run: %s\n", err);
         goto out;
     }
@@ -196,53 +187,50 @@ int ess_cmd_run(int argc, char **argv) {
         goto out;
     }
 
-    double t0 = ess_now();
-    if (ess_engine_eval(&en, toks, n_tok, err, sizeof err)) { fprintf(stderr, "essaim run: %s\n", err); goto out; }
-    double t_prefill = ess_now() - t0;
+    /* the loop `chat` shares (native/gen.c): prefill, then sample/stream one token per call */
+    ess_gen g;
+    ess_gen_backend be;
+    if (rem) ess_remote_gen_backend(&be, &rb, &en, rem);
+    else ess_gen_backend_engine(&be, &en);
+    ess_gen_opts go = {0};
+    go.sp = sp;
+    go.max_tokens = (int)n_predict;
+    go.accept_prompt = 1; /* the prompt counts for the penalties, as in llama.cpp's CLI */
+    if (ess_gen_init(&g, &be, tok, &go)) { fprintf(stderr, "essaim run: %s\n", g.err); ess_gen_free(&g); goto out; }
+    if (ess_gen_prompt(&g, toks, n_tok)) { fprintf(stderr, "essaim run: %s\n", g.err); ess_gen_free(&g); goto out; }
+    double t_prefill = g.t_prompt;
     if (dump) {
         rc = dump_logits(dump, &en, toks, n_tok) ? 1 : 0;
+        ess_gen_free(&g);
         goto out;
     }
-
-    ess_sampler smp;
-    if (ess_sampler_init(&smp, &sp, en.model.n_vocab)) { fprintf(stderr, "essaim run: sampler: %s\n", smp.err.msg); ess_sampler_free(&smp); goto out; }
-    for (int i = 0; i < n_tok; i++) ess_sampler_accept(&smp, toks[i]);
-    ess_tok_stream ts;
-    if (tok) ess_tok_stream_init(&ts, tok, 0, 0);
-    char piece[1024 + 8];
-    int n_gen = 0, stop = 0;
-    double t1 = ess_now();
-    while (n_gen < n_predict) {
-        int32_t id = ess_sampler_sample(&smp, ess_driver_logits(en.d));
-        if (id < 0) { fprintf(stderr, "essaim run: sampler: %s\n", smp.err.msg); break; }
-        if (tok && ess_tok_is_eog(tok, id)) { stop = 1; break; }
-        ess_sampler_accept(&smp, id);
-        n_gen++;
-        if (print_ids || !tok) printf("%s%d", n_gen > 1 ? " " : "", id);
-        else {
-            int np = ess_tok_max_piece(tok) + 4 <= (int)sizeof piece ? ess_tok_stream_push(tok, &ts, id, piece, (int)sizeof piece) : -1;
-            if (np > 0) fwrite(piece, 1, (size_t)np, stdout);
-        }
+    int r = ESS_GEN_DONE;
+    while (n_predict > 0) { /* -n 0: nothing to generate (gen's 0 would mean no limit) */
+        const char *text;
+        size_t len;
+        int before = g.n_answer;
+        r = ess_gen_next(&g, &text, &len);
+        if (r < 0) break;
+        if (print_ids || !tok) { if (g.n_answer > before) printf("%s%d", g.n_answer > 1 ? " " : "", g.last_id); }
+        else if (len) fwrite(text, 1, len, stdout);
         fflush(stdout);
-        if (n_gen == n_predict) break;
-        if (ess_driver_pos(en.d) >= n_ctx) { fprintf(stderr, "\nessaim run: context of %d tokens is full\n", n_ctx); break; }
-        if (ess_engine_eval(&en, &id, 1, err, sizeof err)) { fprintf(stderr, "\nessaim run: %s\n", err); ess_sampler_free(&smp); goto out; }
-    }
-    if (tok && !print_ids) {
-        int np = ess_tok_stream_flush(&ts, piece, (int)sizeof piece);
-        if (np > 0) fwrite(piece, 1, (size_t)np, stdout);
+        if (r == ESS_GEN_DONE) break;
     }
     printf("\n");
     fflush(stdout);
-    double t_gen = ess_now() - t1;
+    if (r < 0) { fprintf(stderr, "essaim run: %s\n", g.err); ess_gen_free(&g); goto out; }
+    if (g.why == ESS_GEN_CTX_FULL) fprintf(stderr, "essaim run: context of %d tokens is full\n", n_ctx);
+    int n_gen = g.n_answer;
+    double t_gen = g.t_decode;
     fprintf(stderr, "essaim run: prompt %d tokens in %.3f s (%.1f tok/s), generated %d tokens in %.3f s (%.1f tok/s)%s, %d threads, %llu rounds\n",
             n_tok, t_prefill, n_tok / (t_prefill > 0 ? t_prefill : 1e-9), n_gen, t_gen, n_gen / (t_gen > 0 ? t_gen : 1e-9),
-            stop ? ", stopped at end of text" : "", (int)threads, (unsigned long long)ess_driver_rounds(en.d));
-    ess_sampler_free(&smp);
+            g.why == ESS_GEN_EOG ? ", stopped at end of text" : "", (int)threads, (unsigned long long)ess_driver_rounds(en.d));
+    ess_gen_free(&g);
     rc = 0;
 out:
     free(toks);
     ess_tok_free(tok);
     ess_engine_close(&en);
+    ess_remote_close(rem);
     return rc;
 }
