@@ -18,6 +18,7 @@ for a in "$@"; do
 done
 
 PKGS="build-essential cmake pkg-config clang lld wasi-libc libclang-rt-14-dev-wasm32
+      clang-16 lld-16 libclang-rt-16-dev-wasm32
       libwebsockets-dev libzstd-dev libjansson-dev libssl-dev libsqlite3-dev openssl"
 [ "$tests" = 1 ] && PKGS="$PKGS chromium"
 command -v node >/dev/null 2>&1 || PKGS="$PKGS nodejs"

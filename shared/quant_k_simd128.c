@@ -10,6 +10,12 @@
  * Mins (Q4_K) and the +32 storage offset (Q6_K) come out once per block through the Q8_K
  * block sums, which must match the quants (as ess_quant_q8_K_* make them).
  *
+ * Built with relaxed SIMD (-mrelaxed-simd, essaim-relaxed.wasm), the byte products come from
+ * i16x8.relaxed_dot_i8x16_i7x16 instead: one instruction for 16 products in pairs. Its
+ * result is implementation-defined only when a lane of the second operand has its top bit
+ * set; the activations (signed) go first and the weights' unsigned quants (Q4_K 0..15, Q6_K
+ * 0..63 before its -32) second, so every engine computes the same exact pair sums.
+ *
  * Does not: allocate, keep state, read past n/256 blocks. */
 #include "quant_impl.h"
 
@@ -22,9 +28,18 @@ static inline float hsum_f32x4(v128_t v) {
            wasm_f32x4_extract_lane(v, 2) + wasm_f32x4_extract_lane(v, 3);
 }
 
-/* sum over 16 byte pairs a[i]*b[i] as eight int16 lanes (each lane two products) */
-static inline v128_t mul16(v128_t a, v128_t b) {
-    return wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(a, b), wasm_i16x8_extmul_high_i8x16(a, b));
+/* sum over 16 byte pairs w[i]*a[i] as eight int16 lanes (each lane two products; pairs of
+ * lanes with relaxed SIMD, lanes i and i+8 without: callers only add the lanes up or scale
+ * them all alike). w must be in [0, 127], a is any int8; the pair sums fit int16. */
+static inline v128_t mul16(v128_t w, v128_t a) {
+#if defined(__wasm_relaxed_simd__)
+    /* clang 16's wasm_simd128.h has no wrapper for it yet: the builtin takes typed vectors,
+     * the activations (signed) first and the 7-bit weights second. */
+    typedef signed char ess_i8x16 __attribute__((__vector_size__(16)));
+    return (v128_t)__builtin_wasm_relaxed_dot_i8x16_i7x16_s_i16x8((ess_i8x16)a, (ess_i8x16)w);
+#else
+    return wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(w, a), wasm_i16x8_extmul_high_i8x16(w, a));
+#endif
 }
 
 /* fp16 -> fp32 inline (wasm has no conversion instruction and the block scales are read

@@ -5,7 +5,14 @@
  * The quantizer gives the bytes of ess_quant_q8_0_act (llama.cpp's x86 activations), not
  * those of ggml's own wasm path, so that browser and native askers send identical
  * activations. Dots agree with the references to float rounding (no FMA in SIMD128:
- * multiply then add). Activation quants are assumed in [-127, 127] like everywhere. */
+ * multiply then add). Activation quants are assumed in [-127, 127] like everywhere.
+ *
+ * Built with relaxed SIMD (-mrelaxed-simd, essaim-relaxed.wasm), Q4_0.Q8_0 multiplies with
+ * i16x8.relaxed_dot_i8x16_i7x16, exact on every engine while the second operand's lanes are
+ * in [0, 127]: the nibbles 0..15 go there and the -8 comes off as 8 * sum(activations).
+ * Not i32x4.relaxed_dot_i8x16_i7x16_add: Node 20's V8 gets it wrong (drops the addend and
+ * doubles the dot). Q8_0.Q8_0 keeps the SIMD128 path: its weights are signed, and splitting
+ * off the sign bit costs as many instructions as the extends it would save. */
 #include "quant.h"
 #include "quant_impl.h"
 
@@ -15,6 +22,16 @@ static inline float hsum_f32x4(v128_t v) {
     return (wasm_f32x4_extract_lane(v, 0) + wasm_f32x4_extract_lane(v, 1)) +
            (wasm_f32x4_extract_lane(v, 2) + wasm_f32x4_extract_lane(v, 3));
 }
+
+#if defined(__wasm_relaxed_simd__)
+/* sum over 16 byte pairs a[i]*w[i] as eight int16 lanes, for signed a and w in [0, 127]
+ * (pair sums within 32512). clang 16's wasm_simd128.h has no wrapper for the instruction
+ * yet: the builtin takes typed vectors, the signed operand first. */
+static inline v128_t dot16_i8_u7(v128_t a, v128_t w) {
+    typedef signed char ess_i8x16 __attribute__((__vector_size__(16)));
+    return (v128_t)__builtin_wasm_relaxed_dot_i8x16_i7x16_s_i16x8((ess_i8x16)a, (ess_i8x16)w);
+}
+#endif
 
 /* sum over 16 lanes of x*y for signed bytes, as 4 int32 partial sums */
 static inline v128_t dot_i8x16(v128_t x, v128_t y) {
@@ -31,10 +48,19 @@ void ess_vec_dot_q4_0_q8_0_simd128(int n, float *s, const void *vw, const void *
     v128_t acc = wasm_f32x4_splat(0.0f);
     for (int i = 0; i < nb; i++) {
         const v128_t q = wasm_v128_load(w[i].qs);
+#if defined(__wasm_relaxed_simd__)
+        /* sum(a*(q-8)) = sum(a*q) - sum(a*8); per int16 lane 4 products a*q (|sum| <= 7680)
+         * less 4 products a*8 (<= 4096) fits */
+        const v128_t a0 = wasm_v128_load(a[i].qs), a1 = wasm_v128_load(a[i].qs + 16);
+        const v128_t aq = wasm_i16x8_add(dot16_i8_u7(a0, wasm_v128_and(q, m4)), dot16_i8_u7(a1, wasm_u8x16_shr(q, 4)));
+        const v128_t a8 = wasm_i16x8_add(dot16_i8_u7(a0, off), dot16_i8_u7(a1, off));
+        const v128_t p = wasm_i32x4_extadd_pairwise_i16x8(wasm_i16x8_sub(aq, a8));
+#else
         const v128_t lo = wasm_i8x16_sub(wasm_v128_and(q, m4), off);
         const v128_t hi = wasm_i8x16_sub(wasm_u8x16_shr(q, 4), off);
         const v128_t p = wasm_i32x4_add(dot_i8x16(lo, wasm_v128_load(a[i].qs)),
                                         dot_i8x16(hi, wasm_v128_load(a[i].qs + 16)));
+#endif
         const v128_t d = wasm_f32x4_splat(ess_fp16_to_fp32(w[i].d) * ess_fp16_to_fp32(a[i].d));
         acc = wasm_f32x4_add(acc, wasm_f32x4_mul(d, wasm_f32x4_convert_i32x4(p)));
     }

@@ -1,6 +1,7 @@
 // bench_wasm_node.mjs - figures for the browser node (run by hand; not part of the suite):
 //   1. compute: COMPUTE over a whole Q4_K fragment of about 10 MB (a tinyllama-shaped synth
-//      model, 2 layers, Q4_K_M, cut at 10M) in wasm, in Node and in headless Chromium,
+//      model, 2 layers, Q4_K_M, cut at 10M) in wasm (each module: essaim.wasm, and
+//      essaim-relaxed.wasm when built), in Node and in headless Chromium,
 //      against the native node's ess_matmul on one thread (build/bench_matmul), on the same
 //      activation bytes; both the bare kernel call (ess_node_compute) and the whole frame
 //      path a browser node runs per request (NodeCore.handle: frame in, RESULT frame out);
@@ -9,21 +10,34 @@
 //      (a relay serving the synth model's fragments, one browser node, an asker that sends
 //      a COMPUTE for a fragment as soon as the node holds one).
 //
-//   node tests/js/bench_wasm_node.mjs [--tokens N] [--reps R] [--no-browser] [--no-join]
+//   node tests/js/bench_wasm_node.mjs [--tokens N] [--reps R] [--wasm PATH]... [--no-browser] [--no-join]
+//   --wasm (repeatable): the modules to measure, default ESSAIM_WASM and, when it exists,
+//   build/wasm/essaim-relaxed.wasm. Relaxed SIMD needs a V8 flag in Node 20: the script
+//   runs itself again under --experimental-wasm-relaxed-simd when it lacks it.
 //   ESSAIM_BUILD (default build/), ESSAIM_WASM (default build/wasm/essaim.wasm),
 //   BENCH_DIR (default /tmp/essaim-bench: the synth model and fragments, kept between runs)
 // Prints a table and a last JSON line with every figure.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, basename } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { NodeCore } from '../../web/js/core.js';
+import { NodeCore, hasRelaxedSimd } from '../../web/js/core.js';
 import * as wire from '../../web/js/wire.js';
 import { canBrowse, launchBrowser, serveWeb, webDir, wasmPath, root } from './browser_util.mjs';
 import { Peer, T, freePort } from './relay_util.mjs';
 
+if (!hasRelaxedSimd() && !process.env.ESSAIM_BENCH_CHILD) {
+  const r = spawnSync(process.execPath, ['--experimental-wasm-relaxed-simd', ...process.argv.slice(1)],
+                      { stdio: 'inherit', env: { ...process.env, ESSAIM_BENCH_CHILD: '1' } });
+  process.exit(r.status ?? 1);
+}
+
 const arg = (name, dflt) => { const i = process.argv.indexOf(name); return i > 0 ? process.argv[i + 1] : dflt; };
 const nTok = +arg('--tokens', 1), reps = +arg('--reps', 30);
+const relaxedPath = join(root, 'build', 'wasm', 'essaim-relaxed.wasm');
+const modules = process.argv.flatMap((a, i) => (a === '--wasm' ? [process.argv[i + 1]] : []));
+if (!modules.length) modules.push(wasmPath, ...(existsSync(relaxedPath) ? [relaxedPath] : []));
+const label = m => basename(m);
 const build = process.env.ESSAIM_BUILD ?? join(root, 'build');
 const essaim = join(build, 'essaim'), benchBin = join(build, 'bench_matmul'), relayBin = join(build, 'essaim-relay');
 const dir = process.env.BENCH_DIR ?? '/tmp/essaim-bench';
@@ -82,30 +96,41 @@ async function benchWasm({ NodeCore, wire, wasm, file, id, acts, items, nTok, re
 
 const items = nat.items.map(({ item, type, ne0, rows }) => ({ item, type, ne0, rows }));
 const job = { wire, file, id: pick.id, acts, items, nTok, reps };
-const inNode = await benchWasm({ ...job, NodeCore, wasm: readFileSync(wasmPath) });
 const check = sums => sums.every((s, i) => Math.abs(s - nat.items[i].sum) <= 1e-3 * Math.max(1, Math.abs(nat.items[i].sum)));
-if (!check(inNode.sums)) throw new Error(`wasm sums ${inNode.sums} differ from native ${nat.items.map(i => i.sum)}`);
+const inNode = {};
+for (const m of modules) {
+  if (m.includes('relaxed') && !hasRelaxedSimd()) { console.log(`skipped ${m}: this Node runs no relaxed SIMD`); continue; }
+  inNode[m] = await benchWasm({ ...job, NodeCore, wasm: readFileSync(m) });
+  if (!check(inNode[m].sums)) throw new Error(`${m}: wasm sums ${inNode[m].sums} differ from native ${nat.items.map(i => i.sum)}`);
+}
 
-let inBrowser = null, join_ms = null, join_frag = null;
+const inBrowser = {};
+let join_ms = null, join_frag = null;
 const browse = canBrowse() && !process.argv.includes('--no-browser');
 if (browse) {
   const routes = { '/bench/frag': () => ({ type: 'application/octet-stream', body: Buffer.from(file) }) };
+  modules.forEach((m, i) => { routes[`/bench/core-${i}.wasm`] = () => ({ type: 'application/wasm', body: readFileSync(m) }); });
   for (const [k, v] of Object.entries(acts)) routes[`/bench/act-${k}`] = () => ({ type: 'application/octet-stream', body: Buffer.from(v) });
   const srv = await serveWeb(routes);
   const br = await launchBrowser();
   try {
     const page = await (await br.browser.newContext()).newPage();
     await page.goto(`${srv.url}/chat.html`);
-    inBrowser = await page.evaluate(async ([src, id, items, nTok, reps]) => {
-      const { NodeCore } = await import('/js/core.js');
-      const wire = await import('/js/wire.js');
-      const get = async u => new Uint8Array(await (await fetch(u)).arrayBuffer());
-      const acts = {};
-      for (const it of items) acts[it.item] = await get(`/bench/act-${it.item}`);
-      const fn = (0, eval)(`(${src})`);
-      return fn({ NodeCore, wire, wasm: undefined, file: await get('/bench/frag'), id, acts, items, nTok, reps });
-    }, [benchWasm.toString(), pick.id, items, nTok, reps]);
-    if (!check(inBrowser.sums)) throw new Error('browser sums differ from native');
+    for (const [i, m] of modules.entries()) {
+      const r = await page.evaluate(async ([src, id, items, nTok, reps, url, relaxed]) => {
+        const { NodeCore, hasRelaxedSimd } = await import('/js/core.js');
+        if (relaxed && !hasRelaxedSimd()) return null;
+        const wire = await import('/js/wire.js');
+        const get = async u => new Uint8Array(await (await fetch(u)).arrayBuffer());
+        const acts = {};
+        for (const it of items) acts[it.item] = await get(`/bench/act-${it.item}`);
+        const fn = (0, eval)(`(${src})`);
+        return fn({ NodeCore, wire, wasm: await get(url), file: await get('/bench/frag'), id, acts, items, nTok, reps });
+      }, [benchWasm.toString(), pick.id, items, nTok, reps, `/bench/core-${i}.wasm`, m.includes('relaxed')]);
+      if (!r) { console.log(`skipped ${m} in Chromium: no relaxed SIMD there`); continue; }
+      if (!check(r.sums)) throw new Error(`${m}: browser sums differ from native`);
+      inBrowser[m] = r;
+    }
   } finally {
     await br.close();
     await srv.close();
@@ -182,16 +207,21 @@ if (browse && !process.argv.includes('--no-join') && existsSync(relayBin)) {
 
 // ---- report ----
 const gb = ms => (nat.payload_bytes / (ms * 1e6)).toFixed(2);
-const row = (what, r) => console.log(`${what.padEnd(34)} ${r.best.toFixed(3).padStart(9)} ms  ${r.median.toFixed(3).padStart(9)} ms  ${gb(r.best).padStart(6)} GB/s  ${(nat.ms_best / r.best).toFixed(2)}x native`);
+const row = (what, r) => console.log(`${what.padEnd(44)} ${r.best.toFixed(3).padStart(9)} ms  ${r.median.toFixed(3).padStart(9)} ms  ${gb(r.best).padStart(6)} GB/s  ${(nat.ms_best / r.best).toFixed(2)}x native`);
 console.log(`fragment ${pick.id.slice(0, 12)} (#${pick.index}): ${nat.items.map(i => `${i.name} ${i.rows}x${i.ne0}`).join(', ')}, ` +
             `${(nat.payload_bytes / 1e6).toFixed(2)} MB Q4_K, ${nTok} token(s), ${reps} passes`);
-console.log(`${'what'.padEnd(34)} ${'best'.padStart(12)} ${'median'.padStart(12)}`);
+console.log(`${'what'.padEnd(44)} ${'best'.padStart(12)} ${'median'.padStart(12)}`);
 row('native ess_matmul, 1 thread (AVX2)', { best: nat.ms_best, median: nat.ms_median });
-row('wasm in Node, ess_node_compute', inNode.kernel);
-row('wasm in Node, whole frame', inNode.framed);
-if (inBrowser) { row('wasm in Chromium, ess_node_compute', inBrowser.kernel); row('wasm in Chromium, whole frame', inBrowser.framed); }
-console.log(`essaim.wasm ${statSync(wasmPath).size} bytes`);
+for (const [m, r] of Object.entries(inNode)) {
+  row(`${label(m)} in Node, kernel`, r.kernel);
+  row(`${label(m)} in Node, whole frame`, r.framed);
+}
+for (const [m, r] of Object.entries(inBrowser)) {
+  row(`${label(m)} in Chromium, kernel`, r.kernel);
+  row(`${label(m)} in Chromium, whole frame`, r.framed);
+}
+for (const m of modules) console.log(`${label(m)} ${statSync(m).size} bytes`);
 for (const [p, s] of Object.entries(pages)) console.log(`${p}: ${s.bytes} bytes in ${s.files} files (html+css+js)`);
 if (join_ms !== null) console.log(`Join click -> first COMPUTE answered: ${(join_ms / 1000).toFixed(2)} s (first fragment: ${join_frag.tensor}, ${(join_frag.bytes / 1e6).toFixed(2)} MB, downloaded, sha256-checked, stored)`);
 console.log(JSON.stringify({ fragment: pick.id, payload_bytes: nat.payload_bytes, n_tok: nTok, native: nat, wasm_node: inNode, wasm_chromium: inBrowser,
-                             wasm_bytes: statSync(wasmPath).size, pages, join_ms, join_frag }));
+                             wasm_bytes: Object.fromEntries(modules.map(m => [label(m), statSync(m).size])), pages, join_ms, join_frag }));

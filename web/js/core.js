@@ -34,12 +34,25 @@ class Core {
 // Where a page finds the core: web/essaim.wasm when deployed (a copy of build/wasm/essaim.wasm),
 // else the build folder when the repository root is served.
 export const WASM_URLS = ['/essaim.wasm', '/build/wasm/essaim.wasm'];
+// The same core built with relaxed SIMD (about twice as fast on quantized dots), tried first
+// where the engine runs it; it is optional, a server without it falls through to the above.
+export const WASM_RELAXED_URLS = ['/essaim-relaxed.wasm', '/build/wasm/essaim-relaxed.wasm'];
 
-export async function fetchWasm(urls = WASM_URLS) {
+// A module of one function doing i16x8.relaxed_dot_i8x16_i7x16_s on two v128 locals: it
+// validates only where relaxed SIMD is on (Chromium >= 114; Node 20 behind a V8 flag).
+const RELAXED_PROBE = new Uint8Array([0, 0x61, 0x73, 0x6d, 1, 0, 0, 0, 1, 4, 1, 0x60, 0, 0, 3, 2, 1, 0,
+                                      0x0a, 0x0e, 1, 0x0c, 1, 2, 0x7b, 0x20, 0, 0x20, 1, 0xfd, 0x92, 2, 0x1a, 0x0b]);
+export const hasRelaxedSimd = () => { try { return WebAssembly.validate(RELAXED_PROBE); } catch { return false; } };
+export const defaultWasmUrls = () => (hasRelaxedSimd() ? [...WASM_RELAXED_URLS, ...WASM_URLS] : WASM_URLS);
+
+export async function fetchWasm(urls = defaultWasmUrls()) {
   for (const u of urls) {
     try {
       const r = await fetch(u);
-      if (r.ok) return await r.arrayBuffer();
+      if (!r.ok) continue;
+      const b = await r.arrayBuffer();
+      // a wasm module, not a server's fallback page for a path it does not have
+      if (b.byteLength > 8 && new DataView(b).getUint32(0, true) === 0x6d736100) return b;
     } catch { /* try the next */ }
   }
   throw new Error(`the wasm core is not served (tried ${urls.join(', ')})`);
