@@ -16,6 +16,7 @@
 set -u
 SRC=$(cd "$(dirname "$0")/.." && pwd)
 BUILD=${1:-$SRC/build}
+[ -f "$BUILD" ] && BUILD=$(dirname "$BUILD") # tests/run.sh passes the essaim binary
 ESSAIM=${ESSAIM_BIN:-$BUILD/essaim}
 RELAY=${ESSAIM_RELAY_BIN:-$BUILD/essaim-relay}
 MODELS=${ESSAIM_TEST_MODELS:-$SRC/../shared/models}
