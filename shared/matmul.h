@@ -30,8 +30,13 @@ void ess_matmul(const ess_kernels *k, uint32_t wtype, const void *w, int64_t ne0
  * bits as the single-token dot of the kernel table. */
 typedef void (*ess_dot4_fn)(int n, float *s, const void *w, const void *a, size_t arow);
 ess_dot4_fn ess_matmul_dot4_avx2(uint32_t wtype);
-/* A faster single-token dot with the same bits as the kernel table's, or NULL. */
+/* The single-token dot to use instead of the kernel table's, or NULL: faster with the same
+ * bits (Q8_0), or in llama.cpp's order of float operations (F16). */
 ess_vec_dot_fn ess_matmul_dot1_avx2(uint32_t wtype);
+/* The dot for batches of two tokens or more when it differs from the single-token one, or
+ * NULL: llama.cpp runs F16 prefill through llamafile's tinyBLAS when ne0 % 16 == 0, which
+ * sums in another order than its vec_dot. */
+ess_vec_dot_fn ess_matmul_dotg_avx2(uint32_t wtype, int64_t ne0);
 
 /* Dequantizes rows of w: out[i*out_stride + c] = w[rows[i] - row0][c], c < ne0.
  *   w: the slice starting at row row0; rows: n absolute row ids, each in the slice. */

@@ -201,7 +201,57 @@ static void dot1_q8_0(int n, float *s, const void *vw, const void *va) {
     *s = hsum8_hi_lo(acc);
 }
 
-ess_vec_dot_fn ess_matmul_dot1_avx2(uint32_t wtype) { return wtype == ESS_TYPE_Q8_0 ? dot1_q8_0 : NULL; }
+/* F16 x F16, in the order of llama.cpp's CPU backend as built for AVX-512 machines (the
+ * variant its prebuilt packages load on them). A 16-float register is emulated with two
+ * 8-float halves: lane-wise FMAs are the same operations, and the final sum follows the
+ * tree of _mm512_reduce_add_ps (halves, quarters, pairs), which hsum8(lo + hi) is.
+ *
+ * dot1_f16 mirrors ggml_vec_dot_f16 (single token, or rows whose length is not a multiple
+ * of 16): four 16-lane accumulators over 64-element steps, folded (0+2)+(1+3), reduced,
+ * then the leftovers added one by one in double. */
+#define LOADH(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p)))
+static void dot1_f16(int n, float *s, const void *vw, const void *va) {
+    const ess_fp16 *w = vw, *a = va;
+    const int np = n & ~63;
+    __m256 lo[4], hi[4];
+    for (int j = 0; j < 4; j++) lo[j] = hi[j] = _mm256_setzero_ps();
+    for (int i = 0; i < np; i += 64)
+        for (int j = 0; j < 4; j++) {
+            lo[j] = _mm256_fmadd_ps(LOADH(w + i + 16 * j), LOADH(a + i + 16 * j), lo[j]);
+            hi[j] = _mm256_fmadd_ps(LOADH(w + i + 16 * j + 8), LOADH(a + i + 16 * j + 8), hi[j]);
+        }
+    const __m256 l = _mm256_add_ps(_mm256_add_ps(lo[0], lo[2]), _mm256_add_ps(lo[1], lo[3]));
+    const __m256 h = _mm256_add_ps(_mm256_add_ps(hi[0], hi[2]), _mm256_add_ps(hi[1], hi[3]));
+    double sum = (double)hsum8(_mm256_add_ps(l, h));
+    for (int i = np; i < n; i++) sum += (double)(h2f(w[i]) * h2f(a[i]));
+    *s = (float)sum;
+}
+
+/* dotg_f16 mirrors llamafile's tinyBLAS<16> (prefill, row length a multiple of 16): one
+ * 16-lane FMA chain per output, reduced in float. */
+static void dotg_f16(int n, float *s, const void *vw, const void *va) {
+    const ess_fp16 *w = vw, *a = va;
+    __m256 lo = _mm256_setzero_ps(), hi = lo;
+    for (int i = 0; i < n; i += 16) {
+        lo = _mm256_fmadd_ps(LOADH(w + i), LOADH(a + i), lo);
+        hi = _mm256_fmadd_ps(LOADH(w + i + 8), LOADH(a + i + 8), hi);
+    }
+    *s = hsum8(_mm256_add_ps(lo, hi));
+}
+#undef LOADH
+
+ess_vec_dot_fn ess_matmul_dot1_avx2(uint32_t wtype) {
+    switch (wtype) {
+    case ESS_TYPE_Q8_0: return dot1_q8_0;
+    case ESS_TYPE_F16: return dot1_f16;
+    default: return NULL;
+    }
+}
+
+ess_vec_dot_fn ess_matmul_dotg_avx2(uint32_t wtype, int64_t ne0) {
+    if (wtype == ESS_TYPE_F16 && ne0 % 16 == 0) return dotg_f16;
+    return NULL;
+}
 
 ess_dot4_fn ess_matmul_dot4_avx2(uint32_t wtype) {
     switch (wtype) {
@@ -220,6 +270,11 @@ ess_dot4_fn ess_matmul_dot4_avx2(uint32_t wtype) {
 }
 ess_vec_dot_fn ess_matmul_dot1_avx2(uint32_t wtype) {
     (void)wtype;
+    return NULL;
+}
+ess_vec_dot_fn ess_matmul_dotg_avx2(uint32_t wtype, int64_t ne0) {
+    (void)wtype;
+    (void)ne0;
     return NULL;
 }
 

@@ -31,7 +31,6 @@ fail=0
 
 KNOWN="
 stories260K-F16.gguf logits
-stories260K-Q8_0.gguf logits
 stories260K-moe4x2-Q4_0.gguf greedy
 stories260K-pad256-Q6_K.gguf greedy
 synth tinyllama F16 logits
