@@ -13,6 +13,10 @@
 #include <immintrin.h>
 #include <string.h>
 
+/* F16C conversion: the same float as ess_fp16_to_fp32 (the conversion is exact), without
+ * an out-of-line call per block */
+static inline float h2f(ess_fp16 h) { return _cvtsh_ss(h); }
+
 static inline float hsum_f32x8(__m256 x) {
     __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
     r = _mm_add_ps(r, _mm_movehl_ps(r, r));
@@ -90,7 +94,7 @@ void ess_vec_dot_f16_f16_avx2(int n, float *s, const void *vw, const void *va) {
     for (; i + 8 <= n; i += 8) acc0 = _mm256_fmadd_ps(LOADH(w + i), LOADH(a + i), acc0);
 #undef LOADH
     double sum = hsum_f32x8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), _mm256_add_ps(acc2, acc3)));
-    for (; i < n; i++) sum += (double)(ess_fp16_to_fp32(w[i]) * ess_fp16_to_fp32(a[i]));
+    for (; i < n; i++) sum += (double)(h2f(w[i]) * h2f(a[i]));
     *s = (float)sum;
 }
 
@@ -121,7 +125,7 @@ void ess_vec_dot_q4_0_q8_0_avx2(int n, float *s, const void *vw, const void *va)
     const int nb = n / ESS_QK8_0;
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
-        const __m256 d = _mm256_set1_ps(ess_fp16_to_fp32(w[i].d) * ess_fp16_to_fp32(a[i].d));
+        const __m256 d = _mm256_set1_ps(h2f(w[i].d) * h2f(a[i].d));
         const __m256i qw = _mm256_sub_epi8(nibbles_to_bytes(w[i].qs), _mm256_set1_epi8(8));
         const __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs);
         acc = _mm256_fmadd_ps(d, dot_i8_i8(qw, qa), acc);
@@ -136,8 +140,8 @@ void ess_vec_dot_q4_1_q8_1_avx2(int n, float *s, const void *vw, const void *va)
     __m256 acc = _mm256_setzero_ps();
     float summs = 0.0f;
     for (int i = 0; i < nb; i++) {
-        summs += ess_fp16_to_fp32(w[i].m) * ess_fp16_to_fp32(a[i].s);
-        const __m256 d = _mm256_set1_ps(ess_fp16_to_fp32(w[i].d) * ess_fp16_to_fp32(a[i].d));
+        summs += h2f(w[i].m) * h2f(a[i].s);
+        const __m256 d = _mm256_set1_ps(h2f(w[i].d) * h2f(a[i].d));
         const __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs);
         acc = _mm256_fmadd_ps(d, dot_u8_i8(nibbles_to_bytes(w[i].qs), qa), acc);
     }
@@ -150,7 +154,7 @@ void ess_vec_dot_q5_0_q8_0_avx2(int n, float *s, const void *vw, const void *va)
     const int nb = n / ESS_QK8_0;
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
-        const __m256 d = _mm256_set1_ps(ess_fp16_to_fp32(w[i].d) * ess_fp16_to_fp32(a[i].d));
+        const __m256 d = _mm256_set1_ps(h2f(w[i].d) * h2f(a[i].d));
         /* (lo | hi<<4) - 16 as a signed byte is lo when hi is set and lo | 0xF0 when not */
         const __m256i hi = _mm256_andnot_si256(bits_to_bytes(w[i].qh), _mm256_set1_epi8((char)0xF0));
         const __m256i qw = _mm256_or_si256(nibbles_to_bytes(w[i].qs), hi);
@@ -167,8 +171,8 @@ void ess_vec_dot_q5_1_q8_1_avx2(int n, float *s, const void *vw, const void *va)
     __m256 acc = _mm256_setzero_ps();
     float summs = 0.0f;
     for (int i = 0; i < nb; i++) {
-        summs += ess_fp16_to_fp32(w[i].m) * ess_fp16_to_fp32(a[i].s);
-        const __m256 d = _mm256_set1_ps(ess_fp16_to_fp32(w[i].d) * ess_fp16_to_fp32(a[i].d));
+        summs += h2f(w[i].m) * h2f(a[i].s);
+        const __m256 d = _mm256_set1_ps(h2f(w[i].d) * h2f(a[i].d));
         const __m256i hi = _mm256_and_si256(bits_to_bytes(w[i].qh), _mm256_set1_epi8(0x10));
         const __m256i qw = _mm256_or_si256(nibbles_to_bytes(w[i].qs), hi);
         const __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs);
@@ -182,7 +186,7 @@ void ess_vec_dot_q8_0_q8_0_avx2(int n, float *s, const void *vw, const void *va)
     const int nb = n / ESS_QK8_0;
     __m256 acc = _mm256_setzero_ps();
     for (int i = 0; i < nb; i++) {
-        const __m256 d = _mm256_set1_ps(ess_fp16_to_fp32(w[i].d) * ess_fp16_to_fp32(a[i].d));
+        const __m256 d = _mm256_set1_ps(h2f(w[i].d) * h2f(a[i].d));
         const __m256i qw = _mm256_loadu_si256((const __m256i *)w[i].qs);
         const __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs);
         acc = _mm256_fmadd_ps(d, dot_i8_i8(qw, qa), acc);

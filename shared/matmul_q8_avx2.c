@@ -1,0 +1,171 @@
+/* matmul_q8_avx2.c - Q8_0 x Q8_0 matrix products with register tiles and VNNI integer
+ * dots, for prefill and decode on x86_64 (see ess_matmul_q8_0_tile_avx2 below).
+ *
+ * What it does: up to 4 weight rows x 4 tokens per pass over the blocks, 16 accumulators
+ * in registers, so each weight block and each activation block is loaded once for four
+ * outputs. The integer dot of a block uses VPDPBUSD (AVX512-VNNI on 256-bit registers):
+ * one instruction for the 32 products, where AVX2 needs sign, maddubs and madd.
+ * VPDPBUSD multiplies unsigned by signed bytes, so the weight quants are offset by 128
+ * (x ^ 0x80 = x + 128 as unsigned) and the accumulator starts at -128 * (sum of each lane's
+ * four activation quants), which makes every 32-bit lane exactly the sum of its four
+ * products x*y, for any byte values (no 16-bit saturation as with maddubs).
+ *
+ * Bits: per output the float operations are those of ggml's vec_dot_q8_0_q8_0 (AVX2) and
+ * of llamafile's tinyBLAS Q8_0 kernel: for each block in order, acc = fma(dw * da,
+ * float(lane sums), acc) over 8 lanes, then the high-half + low-half horizontal sum. The
+ * lane sums are exact integers, so the result has the same bits as
+ * ess_vec_dot_q8_0_q8_0_avx2 whatever the tile shape.
+ *
+ * What it does not do: threads (the caller splits rows), other types, CPUs without
+ * AVX512-VL/VNNI (it then returns 0 and computes nothing). No state, no allocation. */
+#include "matmul.h"
+
+#if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+
+#include <cpuid.h>
+#include <immintrin.h>
+
+int ess_matmul_q8_0_tile_avx2(const void *w, int64_t ne0, int64_t n_rows, const void *act, int n_tok,
+                              float *out, size_t out_stride);
+
+#define VNNI __attribute__((target("avx512f,avx512vl,avx512bw,avx512vnni")))
+
+/* AVX512F, VL, BW and VNNI, with the OS saving the opmask and all 32 vector registers
+ * (XCR0 bits 1, 2, 5, 6, 7). Asked on every call rather than cached: the core keeps no
+ * mutable globals, and one cpuid per matrix product is noise next to the product. */
+static int have_vnni(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    if (!((c >> 27) & 1)) return 0; /* OSXSAVE */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    if ((lo & 0xE6) != 0xE6) return 0;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    const int f = (b >> 16) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1, vnni = (c >> 11) & 1;
+    return f && bw && vl && vnni;
+}
+
+/* high half + low half, then pairs: the reduction of ggml's hsum_float_8 */
+static inline VNNI float hsum_hi_lo(__m256 x) {
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+/* blocks whose scale products are computed ahead of the dots (4 KB of stack) */
+#define SCALE_CHUNK 64
+
+/* RB rows (wrow bytes apart) x TB tokens (arow bytes apart), nb blocks each. RB and TB are
+ * constants at every call, so the loops unroll and the accumulators live in registers. */
+static inline __attribute__((always_inline)) VNNI void tile(const int RB, const int TB, const uint8_t *w, size_t wrow,
+                                                            const uint8_t *a, size_t arow, int nb, float *out,
+                                                            size_t out_stride) {
+    const __m256i k80 = _mm256_set1_epi8((char)0x80);
+    __m256 acc[4][4];
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < TB; t++) acc[r][t] = _mm256_setzero_ps();
+    for (int i0 = 0; i0 < nb; i0 += SCALE_CHUNK) {
+        const int i1 = i0 + SCALE_CHUNK < nb ? i0 + SCALE_CHUNK : nb;
+        /* The scale products dw * da of the chunk first, each the float of the scalar
+         * product: read back from memory, each FMA takes its scale as a broadcast operand
+         * (load ports) instead of a shuffle competing with the integer work. */
+        float sc[SCALE_CHUNK][4][4];
+        for (int i = i0; i < i1; i++) {
+            ess_fp16 dh[4] = {0, 0, 0, 0};
+#pragma GCC unroll 4
+            for (int r = 0; r < RB; r++) dh[r] = ((const ess_block_q8_0 *)(w + (size_t)r * wrow) + i)->d;
+            const __m128 dw = _mm_cvtph_ps(_mm_setr_epi16((short)dh[0], (short)dh[1], (short)dh[2], (short)dh[3], 0, 0, 0, 0));
+#pragma GCC unroll 4
+            for (int t = 0; t < TB; t++) {
+                const float da = _cvtsh_ss(((const ess_block_q8_0 *)(a + (size_t)t * arow) + i)->d);
+                _mm_storeu_ps(sc[i - i0][t], _mm_mul_ps(dw, _mm_set1_ps(da)));
+            }
+        }
+        for (int i = i0; i < i1; i++) {
+            __m256i xu[4], corr[4];
+#pragma GCC unroll 4
+            for (int r = 0; r < RB; r++) {
+                const ess_block_q8_0 *b = (const ess_block_q8_0 *)(w + (size_t)r * wrow) + i;
+                xu[r] = _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)b->qs), k80);
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < TB; t++) {
+                const ess_block_q8_0 *y = (const ess_block_q8_0 *)(a + (size_t)t * arow) + i;
+                const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), k80, _mm256_loadu_si256((const __m256i *)y->qs));
+                corr[t] = _mm256_sub_epi32(_mm256_setzero_si256(), s);
+            }
+#pragma GCC unroll 4
+            for (int r = 0; r < RB; r++)
+#pragma GCC unroll 4
+                for (int t = 0; t < TB; t++) {
+                    const ess_block_q8_0 *y = (const ess_block_q8_0 *)(a + (size_t)t * arow) + i;
+                    const __m256i q = _mm256_dpbusd_epi32(corr[t], xu[r], _mm256_loadu_si256((const __m256i *)y->qs));
+                    acc[r][t] = _mm256_fmadd_ps(_mm256_set1_ps(sc[i - i0][t][r]), _mm256_cvtepi32_ps(q), acc[r][t]);
+                }
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < RB; r++)
+#pragma GCC unroll 4
+        for (int t = 0; t < TB; t++) out[(size_t)t * out_stride + (size_t)r] = hsum_hi_lo(acc[r][t]);
+}
+
+#define TILE(R, T) tile(R, T, w, wrow, a, arow, nb, out, out_stride)
+static VNNI void tile_4xT(int tb, const uint8_t *w, size_t wrow, const uint8_t *a, size_t arow, int nb, float *out, size_t out_stride) {
+    switch (tb) {
+    case 4: TILE(4, 4); break;
+    case 3: TILE(4, 3); break;
+    case 2: TILE(4, 2); break;
+    default: TILE(4, 1); break;
+    }
+}
+static VNNI void tile_1xT(int tb, const uint8_t *w, size_t wrow, const uint8_t *a, size_t arow, int nb, float *out, size_t out_stride) {
+    switch (tb) {
+    case 4: TILE(1, 4); break;
+    case 3: TILE(1, 3); break;
+    case 2: TILE(1, 2); break;
+    default: TILE(1, 1); break;
+    }
+}
+#undef TILE
+
+/* Token tile: 4 rows of a 5632-wide matrix are 24 KB and stay in L1 while the tile's
+ * activations (64 tokens, ~380 KB) come from L2; every weight row is read from memory once. */
+#define TOK_TILE 64
+
+/* out[t*out_stride + r] = dot(row r of w, activation row t) for r < n_rows, t < n_tok, w
+ * being Q8_0 rows of ne0 elements and act Q8_0 rows of ne0 elements (ne0 % 32 == 0,
+ * checked by the caller as for ess_matmul). Returns 1 when done, 0 (nothing written) when
+ * the CPU lacks AVX512-VL/VNNI: the caller then uses the dot kernels, which give the
+ * same bits. */
+VNNI int ess_matmul_q8_0_tile_avx2(const void *w, int64_t ne0, int64_t n_rows, const void *act, int n_tok,
+                                   float *out, size_t out_stride) {
+    if (!have_vnni()) return 0;
+    const int nb = (int)(ne0 / ESS_QK8_0);
+    const size_t row = (size_t)nb * sizeof(ess_block_q8_0);
+    const uint8_t *wb = w, *ab = act;
+    for (int t0 = 0; t0 < n_tok; t0 += TOK_TILE) {
+        const int t1 = t0 + TOK_TILE < n_tok ? t0 + TOK_TILE : n_tok;
+        int64_t r = 0;
+        for (; r + 4 <= n_rows; r += 4)
+            for (int t = t0; t < t1; t += 4)
+                tile_4xT(t1 - t < 4 ? t1 - t : 4, wb + (size_t)r * row, row, ab + (size_t)t * row, row, nb, out + (size_t)t * out_stride + (size_t)r, out_stride);
+        for (; r < n_rows; r++)
+            for (int t = t0; t < t1; t += 4)
+                tile_1xT(t1 - t < 4 ? t1 - t : 4, wb + (size_t)r * row, row, ab + (size_t)t * row, row, nb, out + (size_t)t * out_stride + (size_t)r, out_stride);
+    }
+    return 1;
+}
+
+#else
+
+int ess_matmul_q8_0_tile_avx2(const void *w, int64_t ne0, int64_t n_rows, const void *act, int n_tok,
+                              float *out, size_t out_stride) {
+    (void)w, (void)ne0, (void)n_rows, (void)act, (void)n_tok, (void)out, (void)out_stride;
+    return 0;
+}
+
+#endif
