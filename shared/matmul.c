@@ -1,6 +1,8 @@
 /* matmul.c - slice matrix products over quantized rows (see matmul.h). */
 #include "matmul.h"
 
+#include "quant_impl.h"
+
 /* Tile sizes: 8 rows of a 2048-wide Q4_K matrix are 9 KB and stay in L1 while 64 tokens'
  * Q8_K activations (~150 KB) stream from L2; measured ~10% faster than 16 x 16 on a
  * TinyLlama-shaped Q4_K_M prefill, and 32 x 32 was as good. */
@@ -20,6 +22,13 @@ void ess_matmul(const ess_kernels *k, uint32_t wtype, const void *w, int64_t ne0
         for (int64_t r = 0; r < n_rows; r++) dot((int)ne0, out + r, wb + (size_t)r * wrow, ab);
         return;
     }
+    /* Q8_0 prefill: VNNI register tiles when the CPU has them (bit-identical to the dots;
+     * decode stays on the single-token dot, which is faster for one token) */
+#if defined(__x86_64__)
+    if (k->isa == ESS_ISA_AVX2 && wtype == ESS_TYPE_Q8_0 &&
+        ess_matmul_q8_0_tile_avx2(w, ne0, n_rows, act, n_tok, out, out_stride))
+        return;
+#endif
     ess_dot4_fn dot4 = NULL;
 #if defined(__x86_64__)
     if (k->isa == ESS_ISA_AVX2) {
@@ -51,4 +60,93 @@ void ess_getrows(const ess_kernels *k, uint32_t wtype, const void *w, int64_t ne
     const size_t wrow = (size_t)ess_row_size(wtype, ne0);
     for (int i = 0; i < n; i++)
         k->to_float[wtype]((const uint8_t *)w + (size_t)((uint64_t)rows[i] - row0) * wrow, out + (size_t)i * out_stride, ne0);
+}
+
+/* ---- llama.cpp's repacked matmuls (see matmul.h and quant_repack.c) */
+
+ess_matmul_mode ess_matmul_mode_of(uint32_t wtype, uint64_t tensor_rows, int n_dims) {
+    if ((wtype != ESS_TYPE_Q4_0 && wtype != ESS_TYPE_Q4_K && wtype != ESS_TYPE_Q2_K) || tensor_rows % 8) return ESS_MATMUL_VEC;
+    return n_dims == 3 ? ESS_MATMUL_REPACK_GEMV : ESS_MATMUL_REPACK;
+}
+
+typedef struct {
+    ess_vec_dot_fn gemv, gemm; /* one token */
+    ess_dot4_fn gemm4;         /* four gemm tokens, or NULL */
+} repack_dots;
+
+/* The dots of a repacked type on this build, or 0 when it keeps its vec_dot. */
+static int repack_dots_for(const ess_kernels *k, uint32_t wtype, repack_dots *d) {
+#if defined(__wasm__)
+    (void)k, (void)wtype, (void)d;
+    return 0;
+#else
+    const int avx2 = k->isa == ESS_ISA_AVX2;
+    memset(d, 0, sizeof *d);
+    switch (wtype) {
+    case ESS_TYPE_Q4_0: d->gemv = d->gemm = ess_vec_dot_q4_0_q8_0_rp; break;
+    case ESS_TYPE_Q4_K: d->gemv = ess_vec_dot_q4_K_q8_K_gemv, d->gemm = ess_vec_dot_q4_K_q8_K_gemm; break;
+    case ESS_TYPE_Q2_K: d->gemv = ess_vec_dot_q2_K_q8_K_gemv, d->gemm = ess_vec_dot_q2_K_q8_K_gemm; break;
+    default: return 0;
+    }
+#if defined(__x86_64__)
+    if (avx2) switch (wtype) {
+        case ESS_TYPE_Q4_0:
+            d->gemv = d->gemm = ess_vec_dot_q4_0_q8_0_rp_avx2;
+            d->gemm4 = ess_dot4_q4_0_q8_0_rp_avx2;
+            break;
+        case ESS_TYPE_Q4_K:
+            d->gemv = ess_vec_dot_q4_K_q8_K_gemv_avx2;
+            d->gemm4 = ess_dot4_q4_K_q8_K_gemm_avx2;
+            break;
+        case ESS_TYPE_Q2_K:
+            d->gemv = ess_vec_dot_q2_K_q8_K_gemv_avx2;
+            d->gemm = ess_vec_dot_q2_K_q8_K_gemm_avx2;
+            break;
+        }
+#else
+    (void)avx2;
+#endif
+    return 1;
+#endif
+}
+
+void ess_matmul_ex(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode, const void *w, int64_t ne0,
+                   int64_t n_rows, const void *act, int n_tok, float *out, size_t out_stride) {
+    repack_dots d;
+    if (mode == ESS_MATMUL_VEC || !repack_dots_for(k, wtype, &d)) {
+        ess_matmul(k, wtype, w, ne0, n_rows, act, n_tok, out, out_stride);
+        return;
+    }
+    const size_t wrow = (size_t)ess_row_size(wtype, ne0);
+    const size_t arow = (size_t)ess_row_size((uint32_t)ess_type_info(wtype)->vec_dot_type, ne0);
+    const uint8_t *wb = w, *ab = act;
+    /* llama.cpp's split of a batch: gemm for whole groups of four tokens, gemv after */
+    const int n_gemm = mode == ESS_MATMUL_REPACK ? n_tok - n_tok % 4 : 0;
+    for (int64_t r0 = 0; r0 < n_rows; r0 += ROW_TILE) {
+        const int64_t r1 = r0 + ROW_TILE < n_rows ? r0 + ROW_TILE : n_rows;
+        for (int t0 = 0; t0 < n_tok; t0 += TOK_TILE) { /* TOK_TILE % 4 == 0: groups stay whole */
+            const int t1 = t0 + TOK_TILE < n_tok ? t0 + TOK_TILE : n_tok;
+            for (int64_t r = r0; r < r1; r++) {
+                const uint8_t *wr = wb + (size_t)r * wrow;
+                int t = t0;
+                if (d.gemm4)
+                    for (; t + 4 <= t1 && t + 4 <= n_gemm; t += 4) {
+                        float s[4];
+                        d.gemm4((int)ne0, s, wr, ab + (size_t)t * arow, arow);
+                        for (int i = 0; i < 4; i++) out[(size_t)(t + i) * out_stride + r] = s[i];
+                    }
+                for (; t < t1; t++)
+                    (t < n_gemm ? d.gemm : d.gemv)((int)ne0, out + (size_t)t * out_stride + r, wr, ab + (size_t)t * arow);
+            }
+        }
+    }
+}
+
+void ess_matmul_quantize(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode, const float *x, int n_tok,
+                         int64_t ne0, void *act) {
+    const uint32_t vt = (uint32_t)ess_type_info(wtype)->vec_dot_type;
+    const size_t arow = (size_t)ess_row_size(vt, ne0);
+    const int n_gemm = mode == ESS_MATMUL_REPACK && vt == ESS_TYPE_Q8_K ? n_tok - n_tok % 4 : 0;
+    for (int t = 0; t < n_tok; t++)
+        (t < n_gemm ? ess_quant_q8_K_4x8 : k->from_float[vt])(x + (size_t)t * (size_t)ne0, (uint8_t *)act + (size_t)t * arow, ne0);
 }

@@ -24,6 +24,34 @@
 void ess_matmul(const ess_kernels *k, uint32_t wtype, const void *w, int64_t ne0, int64_t n_rows,
                 const void *act, int n_tok, float *out, size_t out_stride);
 
+/* llama.cpp equality on repacked tensors. On AVX2 machines llama.cpp's CPU backend stores
+ * Q4_0 and Q4_K tensors whose row count (ne[1], per expert) is a multiple of 8 (Q2_K too,
+ * with AVX-512, as on the reference machine) in 8-row interleaved form and multiplies them
+ * with its own gemm (the first n_tok - n_tok % 4 tokens of a mul_mat) and gemv (the rest,
+ * and every token of a mul_mat_id), which accumulate each output in another float order
+ * than vec_dot (shared/quant_repack.c). ess_matmul_mode_of says which case a tensor is:
+ *   tensor_rows: ne[1] of the whole tensor (not of a slice); n_dims: 3 for experts.
+ * The mode only changes float rounding; any row slice still gives the whole matrix's bits.
+ * wasm builds ignore it (their SIMD dots differ from native ones in rounding anyway). */
+typedef enum {
+    ESS_MATMUL_VEC = 0,        /* vec_dot for every (row, token) */
+    ESS_MATMUL_REPACK = 1,     /* mul_mat on a repacked tensor */
+    ESS_MATMUL_REPACK_GEMV = 2 /* mul_mat_id on a repacked tensor: gemv for every token */
+} ess_matmul_mode;
+ess_matmul_mode ess_matmul_mode_of(uint32_t wtype, uint64_t tensor_rows, int n_dims);
+
+/* ess_matmul with the arithmetic of mode (ess_matmul is mode ESS_MATMUL_VEC). n_tok must
+ * be the whole batch the activations were quantized for (ess_matmul_quantize). */
+void ess_matmul_ex(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode, const void *w, int64_t ne0,
+                   int64_t n_rows, const void *act, int n_tok, float *out, size_t out_stride);
+
+/* Quantizes n_tok rows of x (ne0 floats each) to wtype's dot type into act, as llama.cpp
+ * does for a tensor of that mode: gemm tokens of a repacked K-quant through its 4-row
+ * Q8_K quantizer (which picks the scale's sign differently on +-max ties), all others
+ * with k->from_float. */
+void ess_matmul_quantize(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode, const float *x, int n_tok,
+                         int64_t ne0, void *act);
+
 /* Dots of one weight row against four activation rows (arow bytes apart): s[0..3].
  * ess_matmul_dot4_avx2 gives the AVX2 kernel of a weight type, or NULL when there is none
  * (it exists only in x86_64 builds: shared/matmul_avx2.c). Each token's result has the same
@@ -37,6 +65,12 @@ ess_vec_dot_fn ess_matmul_dot1_avx2(uint32_t wtype);
  * NULL: llama.cpp runs F16 prefill through llamafile's tinyBLAS when ne0 % 16 == 0, which
  * sums in another order than its vec_dot. */
 ess_vec_dot_fn ess_matmul_dotg_avx2(uint32_t wtype, int64_t ne0);
+/* Q8_0 prefill in register tiles of 4 rows x 4 tokens (matmul_q8_avx2.c), each output the
+ * same float operations as the Q8_0 dot (so the same bits); AVX-512 VNNI on 256-bit
+ * registers, asked of cpuid and XCR0 on every call. Returns 1 when it filled out, 0 (and
+ * wrote nothing) when the CPU lacks AVX512-VL/VNNI or this is not an x86 build. */
+int ess_matmul_q8_0_tile_avx2(const void *w, int64_t ne0, int64_t n_rows, const void *act, int n_tok, float *out,
+                              size_t out_stride);
 
 /* Dequantizes rows of w: out[i*out_stride + c] = w[rows[i] - row0][c], c < ne0.
  *   w: the slice starting at row row0; rows: n absolute row ids, each in the slice. */

@@ -25,9 +25,6 @@
 #include <cpuid.h>
 #include <immintrin.h>
 
-int ess_matmul_q8_0_tile_avx2(const void *w, int64_t ne0, int64_t n_rows, const void *act, int n_tok,
-                              float *out, size_t out_stride);
-
 #define VNNI __attribute__((target("avx512f,avx512vl,avx512bw,avx512vnni")))
 
 /* AVX512F, VL, BW and VNNI, with the OS saving the opmask and all 32 vector registers

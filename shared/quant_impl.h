@@ -8,6 +8,7 @@
 #define ESS_QUANT_IMPL_H
 
 #include <math.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -49,6 +50,26 @@ void ess_quant_q8_0_simd128(const float *x, void *y, int64_t n);
 void ess_vec_dot_f16_f16_simd128(int n, float *s, const void *w, const void *a);
 void ess_vec_dot_q4_0_q8_0_simd128(int n, float *s, const void *w, const void *a);
 void ess_vec_dot_q8_0_q8_0_simd128(int n, float *s, const void *w, const void *a);
+#endif
+
+/* llama.cpp's repacked matmuls (quant_repack.c; why and which tensors: matmul.h). Dots
+ * with a vec_dot signature: _gemv for tokens llama.cpp runs through gemv (single tokens,
+ * the n_tok % 4 last of a batch, experts), _gemm for the others; Q4_0 has one form for
+ * both. ess_quant_q8_K_4x8 is the Q8_K quantizer of gemm tokens. The _avx2 variants give
+ * the same bits; the _dot4 ones take four activation rows arow bytes apart. */
+void ess_vec_dot_q4_0_q8_0_rp(int n, float *s, const void *w, const void *a);
+void ess_vec_dot_q4_K_q8_K_gemv(int n, float *s, const void *w, const void *a);
+void ess_vec_dot_q4_K_q8_K_gemm(int n, float *s, const void *w, const void *a);
+void ess_vec_dot_q2_K_q8_K_gemv(int n, float *s, const void *w, const void *a);
+void ess_vec_dot_q2_K_q8_K_gemm(int n, float *s, const void *w, const void *a);
+void ess_quant_q8_K_4x8(const float *x, void *y, int64_t n);
+#if defined(__x86_64__)
+void ess_vec_dot_q4_0_q8_0_rp_avx2(int n, float *s, const void *w, const void *a);
+void ess_dot4_q4_0_q8_0_rp_avx2(int n, float *s, const void *w, const void *a, size_t arow);
+void ess_vec_dot_q4_K_q8_K_gemv_avx2(int n, float *s, const void *w, const void *a);
+void ess_dot4_q4_K_q8_K_gemm_avx2(int n, float *s, const void *w, const void *a, size_t arow);
+void ess_vec_dot_q2_K_q8_K_gemv_avx2(int n, float *s, const void *w, const void *a);
+void ess_vec_dot_q2_K_q8_K_gemm_avx2(int n, float *s, const void *w, const void *a);
 #endif
 
 /* Round to the nearest integer, ties to even, as ggml's nearest_int does: adding

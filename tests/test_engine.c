@@ -12,6 +12,7 @@
 #include "model.h"
 #include "ops.h"
 #include "quant.h"
+#include "quant_impl.h"
 #include "rng.h"
 #include "source.h"
 
@@ -61,8 +62,132 @@ ESS_TEST(softmax_and_swiglu) {
     double e[5] = {exp(1), exp(2), exp(3), 0, exp(0.5)}, s = e[0] + e[1] + e[2] + e[4];
     for (int i = 0; i < 5; i++) ESS_CHECK_NEAR(x[i], e[i] / s, 1e-6);
     float g[3] = {-2, 0, 3}, u[3] = {1, 5, -2}, o[3];
-    ess_swiglu(o, g, u, 3);
+    ess_swiglu(o, g, u, 3, ESS_ISA_SCALAR);
     for (int i = 0; i < 3; i++) ESS_CHECK_NEAR(o[i], g[i] / (1 + exp(-g[i])) * u[i], 1e-6);
+}
+
+static int same_bits(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
+
+/* ggml's vector expf: within 2 ulp of expf over [-104, 89], its limits and NaN */
+ESS_TEST(ggml_expf_close_to_expf) {
+    ess_rng r;
+    ess_rng_seed(&r, 11);
+    int worst = 0;
+    for (int i = 0; i < 200000; i++) {
+        const float x = frand(&r) * 96.0f - 7.0f; /* [-103, 89] */
+        const float a = ess_ggml_expf(x), b = expf(x);
+        if (b < 0x1p-126f) { ESS_CHECK_NEAR(a, b, 0x1p-148); continue; } /* subnormal: absolute */
+        int32_t ia, ib;
+        memcpy(&ia, &a, 4);
+        memcpy(&ib, &b, 4);
+        const int d = ia > ib ? ia - ib : ib - ia;
+        if (d > worst) worst = d;
+    }
+    ESS_CHECK(worst <= 2);
+    ESS_CHECK(ess_ggml_expf(0.0f) == 1.0f);
+    ESS_CHECK(ess_ggml_expf(-INFINITY) == 0.0f);
+    ESS_CHECK(ess_ggml_expf(INFINITY) == INFINITY);
+    ESS_CHECK(ess_ggml_expf(200.0f) == INFINITY);
+    ESS_CHECK(ess_ggml_expf(-200.0f) == 0.0f);
+    ESS_CHECK(isnan(ess_ggml_expf(NAN)));
+}
+
+/* straightforward references of ggml's formulas, written independently of ops.c */
+static float ref_tree(const float *v, int n) { /* pairwise halving: (first half + second half) lane by lane */
+    if (n == 1) return v[0];
+    float h[64];
+    for (int i = 0; i < n / 2; i++) h[i] = v[i] + v[i + n / 2];
+    return ref_tree(h, n / 2);
+}
+static float ref_dot(const float *x, const float *y, int n) {
+    float lanes[64] = {0};
+    int i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int l = 0; l < 64; l++) lanes[l] = fmaf(x[i + l], y[i + l], lanes[l]);
+    float s = ref_tree(lanes, 64);
+    for (; i < n; i++) s = (n - i) <= (n % 64) % 8 ? fmaf(x[i], y[i], s) : s + x[i] * y[i];
+    return s;
+}
+
+/* ess_dot_f32 is ggml_vec_dot_f32's order, scalar and AVX2 bit for bit, and close to the
+ * double dot */
+ESS_TEST(dot_f32_mirrors_ggml_order) {
+    ess_rng r;
+    ess_rng_seed(&r, 12);
+    static const int ns[] = {1, 7, 8, 15, 32, 63, 64, 65, 96, 100, 128, 135, 256};
+    float x[256], y[256];
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        const int n = ns[k];
+        fill(&r, x, (size_t)n, 2.0f);
+        fill(&r, y, (size_t)n, 2.0f);
+        const float s = ess_dot_f32(x, y, n, ESS_ISA_SCALAR);
+        ESS_CHECK(same_bits(s, ref_dot(x, y, n)));
+        if (ess_cpu_isa() == ESS_ISA_AVX2) ESS_CHECK(same_bits(ess_dot_f32(x, y, n, ESS_ISA_AVX2), s));
+        double dd = 0;
+        for (int i = 0; i < n; i++) dd += (double)x[i] * y[i];
+        ESS_CHECK_NEAR(s, dd, 1e-5 * n);
+    }
+}
+
+/* softmax: groups of 16 through ggml's expf (summed by halving), the tail through expf */
+ESS_TEST(softmax_groups_of_16) {
+    ess_rng r;
+    ess_rng_seed(&r, 13);
+    float x[37], y[37];
+    fill(&r, x, 37, 8.0f);
+    memcpy(y, x, sizeof x);
+    ess_softmax(y, 37);
+    float mx = -INFINITY;
+    for (int i = 0; i < 37; i++) mx = x[i] > mx ? x[i] : mx;
+    float e[37];
+    double sum = 0;
+    for (int c = 0; c < 32; c += 16) {
+        for (int l = 0; l < 16; l++) e[c + l] = ess_ggml_expf(x[c + l] - mx);
+        sum += ref_tree(e + c, 16);
+    }
+    for (int i = 32; i < 37; i++) sum += e[i] = expf(x[i] - mx);
+    const float inv = (float)(1.0 / sum);
+    double z = 0;
+    for (int i = 0; i < 37; i++) z += exp((double)x[i] - mx);
+    for (int i = 0; i < 37; i++) {
+        ESS_CHECK(same_bits(y[i], e[i] * inv));
+        ESS_CHECK_NEAR(y[i], exp((double)x[i] - mx) / z, 1e-6);
+    }
+}
+
+/* SwiGLU: groups of 16 with ggml's expf, the tail with expf; AVX2 bit for bit */
+ESS_TEST(swiglu_groups_of_16) {
+    ess_rng r;
+    ess_rng_seed(&r, 14);
+    enum { N = 16 * 5 + 9 };
+    float g[N], u[N], o[N], o2[N];
+    fill(&r, g, N, 12.0f);
+    fill(&r, u, N, 3.0f);
+    g[3] = 0.0f;
+    g[17] = -120.0f; /* exp(120) overflows: silu -> -0 */
+    g[18] = 95.0f;
+    ess_swiglu(o, g, u, N, ESS_ISA_SCALAR);
+    for (int i = 0; i < N; i++) {
+        const float ex = i < 80 ? ess_ggml_expf(0.0f - g[i]) : expf(-g[i]);
+        ESS_CHECK(same_bits(o[i], (g[i] / (1.0f + ex)) * u[i]));
+        ESS_CHECK_NEAR(o[i], g[i] / (1 + exp(-(double)g[i])) * u[i], 1e-5 * (1 + fabsf(o[i])));
+    }
+    if (ess_cpu_isa() == ESS_ISA_AVX2) {
+        ess_swiglu(o2, g, u, N, ESS_ISA_AVX2);
+        for (int i = 0; i < N; i++) ESS_CHECK(same_bits(o2[i], o[i]));
+        /* every exponent range through the vector expf, including its scalar fallbacks */
+        float xs[4096], a[4096], b[4096];
+        for (int i = 0; i < 4096; i++) xs[i] = -110.0f + 200.0f * (float)i / 4096.0f;
+        xs[5] = NAN;
+        xs[6] = -INFINITY;
+        xs[7] = INFINITY;
+        for (int i = 0; i < 4096; i++) a[i] = xs[i];
+        ess_ops_softmax_exp_avx2(b, xs, 0.0f, 4096);
+        for (int i = 0; i < 4096; i++) a[i] = ess_ggml_expf(xs[i] - 0.0f);
+        int bad = 0;
+        for (int i = 0; i < 4096; i++) bad += !same_bits(a[i], b[i]) && !(isnan(a[i]) && isnan(b[i]));
+        ESS_CHECK_EQ_INT(bad, 0);
+    }
 }
 
 /* attention of one token over a random cache vs a naive double computation, GQA 6 heads
@@ -104,6 +229,60 @@ ESS_TEST(attention_gqa_matches_naive) {
     ess_attention(out, q, &kv, NH, 19, 0, 0.5f, sc);
     ess_attention(out16, q, &kh, NH, 19, 0, 0.5f, sc);
     for (int i = 0; i < NH * HV; i++) ESS_CHECK_NEAR(out16[i], out[i], 3e-3);
+}
+
+/* llama.cpp's attention order on an F32 cache (head_dim 96: 64 lanes + 32 in order): the
+ * P*V sums as 16 lanes (batch) or 64 lanes (lone token) of cells from cell 0, against a
+ * reference of that formula; AVX2 equals scalar bit for bit; both near the double result */
+ESS_TEST(attention_f32_ggml_order) {
+    ess_rng r;
+    ess_rng_seed(&r, 15);
+    enum { C = 90, NH = 4, NKV = 2, HD = 96 };
+    static float k[C * NKV * HD], v[C * NKV * HD], q[NH * HD], out[NH * HD], out2[NH * HD], sc[C];
+    fill(&r, k, sizeof k / 4, 1);
+    fill(&r, v, sizeof v / 4, 1);
+    fill(&r, q, sizeof q / 4, 1);
+    ess_kv_layer kv = {k, v, ESS_TYPE_F32, NKV, HD, HD};
+    const float scale = 1.0f / sqrtf((float)HD);
+    for (int batch = 0; batch < 2; batch++)
+        for (int window = 0; window <= 20; window += 20) {
+            const int pos = 70, lo = window ? pos - window + 1 : 0, lanes = batch ? 16 : 64;
+            ess_attention_heads(out, q, &kv, NH, 0, NH, pos, window, scale, sc, batch, ESS_ISA_SCALAR);
+            if (ess_cpu_isa() == ESS_ISA_AVX2) {
+                ess_attention_heads(out2, q, &kv, NH, 0, NH, pos, window, scale, sc, batch, ESS_ISA_AVX2);
+                int bad = 0;
+                for (int i = 0; i < NH * HD; i++) bad += !same_bits(out[i], out2[i]);
+                ESS_CHECK_EQ_INT(bad, 0);
+            }
+            for (int h = 0; h < NH; h++) {
+                const int g = h / (NH / NKV);
+                float s[C], mx = -INFINITY;
+                for (int p = lo; p <= pos; p++) {
+                    s[p] = ref_dot(k + (p * NKV + g) * HD, q + h * HD, HD) * scale;
+                    mx = s[p] > mx ? s[p] : mx;
+                }
+                double sum = 0; /* groups of 16 cells from cell 0, masked cells 0 */
+                for (int c = 0; c <= pos; c += 16) {
+                    float e[16];
+                    for (int l = 0; l < 16; l++) e[l] = c + l >= lo && c + l <= pos ? (s[c + l] = ess_ggml_expf(s[c + l] - mx)) : 0.0f;
+                    sum += ref_tree(e, 16);
+                }
+                const float inv = (float)(1.0 / sum);
+                for (int p = lo; p <= pos; p++) s[p] *= inv;
+                int bad = 0;
+                for (int i = 0; i < HD; i++) {
+                    float acc[64] = {0};
+                    double o = 0;
+                    for (int p = lo; p <= pos; p++) {
+                        acc[p % lanes] = fmaf(s[p], v[(p * NKV + g) * HD + i], acc[p % lanes]);
+                        o += (double)s[p] * v[(p * NKV + g) * HD + i];
+                    }
+                    bad += !same_bits(out[h * HD + i], ref_tree(acc, lanes));
+                    ESS_CHECK_NEAR(out[h * HD + i], o, 1e-5);
+                }
+                ESS_CHECK_EQ_INT(bad, 0);
+            }
+        }
 }
 
 ESS_TEST(moe_gate_topk_renormalized) {
@@ -180,6 +359,78 @@ ESS_TEST(matmul_matches_reference_dots) {
         ESS_CHECK(!memcmp(ref, rowsout + i * 512, sizeof ref));
     }
     free(wf); free(af); free(out); free(w); free(a);
+}
+
+/* llama.cpp's repacked matmuls (Q4_0, Q4_K, Q2_K): ess_matmul_ex gives, for every row and
+ * token, the bits of the scalar mirror of the gemm (first n_tok - n_tok % 4 tokens) or
+ * gemv (the rest; every token of an expert tensor), on the whole matrix and on slices that
+ * cut through 8-row groups; the mirrors equal the reference dot to float rounding. */
+ESS_TEST(matmul_repack_mirrors_llama_gemm_gemv) {
+    static const uint32_t types[] = {ESS_TYPE_Q4_0, ESS_TYPE_Q4_K, ESS_TYPE_Q2_K};
+    ess_rng r;
+    ess_rng_seed(&r, 41);
+    const int64_t ne0 = 768;
+    enum { ROWS = 13, NT = 11 };
+    float *wf = malloc(sizeof(float) * ne0 * ROWS), *af = malloc(sizeof(float) * ne0 * NT);
+    float out[NT * ROWS], sl[NT * ROWS];
+    uint8_t *w = malloc(ess_row_size(ESS_TYPE_F32, ne0) * ROWS), *a = malloc(ess_row_size(ESS_TYPE_F32, ne0) * NT);
+    ESS_CHECK(wf && af && w && a);
+    fill(&r, wf, (size_t)ne0 * ROWS, 1);
+    fill(&r, af, (size_t)ne0 * NT, 2);
+    for (int isa = 0; isa < 2; isa++) {
+        if (isa && ess_cpu_isa() != ESS_ISA_AVX2) break;
+        ess_kernels k;
+        ess_kernels_init(&k, isa ? ESS_ISA_AVX2 : ESS_ISA_SCALAR);
+        for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+            const uint32_t t = types[ti], vt = (uint32_t)ess_type_info(t)->vec_dot_type;
+            const size_t wr = ess_row_size(t, ne0), ar = ess_row_size(vt, ne0);
+            ess_vec_dot_fn gemv = t == ESS_TYPE_Q4_0 ? ess_vec_dot_q4_0_q8_0_rp : t == ESS_TYPE_Q4_K ? ess_vec_dot_q4_K_q8_K_gemv : ess_vec_dot_q2_K_q8_K_gemv;
+            ess_vec_dot_fn gemm = t == ESS_TYPE_Q4_0 ? ess_vec_dot_q4_0_q8_0_rp : t == ESS_TYPE_Q4_K ? ess_vec_dot_q4_K_q8_K_gemm : ess_vec_dot_q2_K_q8_K_gemm;
+            for (int i = 0; i < ROWS; i++) ess_ref_from_float(t)(wf + i * ne0, w + i * wr, ne0);
+            for (int mode = ESS_MATMUL_REPACK; mode <= ESS_MATMUL_REPACK_GEMV; mode++) {
+                ess_matmul_quantize(&k, t, (ess_matmul_mode)mode, af, NT, ne0, a);
+                ess_matmul_ex(&k, t, (ess_matmul_mode)mode, w, ne0, ROWS, a, NT, out, ROWS);
+                /* rows [3, 11) and [11, 13) as two nodes would compute them */
+                ess_matmul_ex(&k, t, (ess_matmul_mode)mode, w + 3 * wr, ne0, 8, a, NT, sl + 3, ROWS);
+                ess_matmul_ex(&k, t, (ess_matmul_mode)mode, w + 11 * wr, ne0, 2, a, NT, sl + 11, ROWS);
+                for (int tk = 0; tk < NT; tk++)
+                    for (int i = 0; i < ROWS; i++) {
+                        const int in_gemm = mode == ESS_MATMUL_REPACK && tk < NT - NT % 4;
+                        float want, ref;
+                        (in_gemm ? gemm : gemv)((int)ne0, &want, w + i * wr, a + tk * ar);
+                        ESS_CHECK_MSG(same_bits(out[tk * ROWS + i], want), "%s isa %d mode %d row %d token %d: %.9g vs mirror %.9g",
+                                      ess_type_info(t)->name, isa, mode, i, tk, out[tk * ROWS + i], want);
+                        if (i >= 3) ESS_CHECK(same_bits(sl[tk * ROWS + i], want));
+                        ess_ref_vec_dot(t)((int)ne0, &ref, w + i * wr, a + tk * ar);
+                        ESS_CHECK_NEAR(want, ref, 1e-4 * (1 + fabsf(ref)));
+                    }
+            }
+        }
+    }
+    ESS_CHECK_EQ_INT(ess_matmul_mode_of(ESS_TYPE_Q4_0, 4096, 2), ESS_MATMUL_REPACK);
+    ESS_CHECK_EQ_INT(ess_matmul_mode_of(ESS_TYPE_Q4_K, 172, 2), ESS_MATMUL_VEC); /* 172 % 8 != 0 */
+    ESS_CHECK_EQ_INT(ess_matmul_mode_of(ESS_TYPE_Q4_0, 64, 3), ESS_MATMUL_REPACK_GEMV);
+    ESS_CHECK_EQ_INT(ess_matmul_mode_of(ESS_TYPE_Q6_K, 4096, 2), ESS_MATMUL_VEC);
+    free(wf); free(af); free(w); free(a);
+}
+
+/* The 4-row Q8_K quantizer equals the reference except on +-max ties, where a +max
+ * anywhere gives the negative scale (the reference follows the first extreme). */
+ESS_TEST(quant_q8_K_4x8_tie_rule) {
+    ess_rng r;
+    ess_rng_seed(&r, 42);
+    float x[512];
+    fill(&r, x, 512, 0.5f);
+    ess_block_q8_K y4[2], yr[2];
+    ess_quant_q8_K_4x8(x, y4, 512);
+    ess_ref_from_float(ESS_TYPE_Q8_K)(x, yr, 512);
+    ESS_CHECK(!memcmp(y4, yr, sizeof y4));
+    x[3] = -1.0f, x[200] = 1.0f;
+    ess_quant_q8_K_4x8(x, y4, 256);
+    ess_ref_from_float(ESS_TYPE_Q8_K)(x, yr, 256);
+    ESS_CHECK(y4[0].d < 0 && yr[0].d > 0);
+    ESS_CHECK_EQ_INT(y4[0].qs[200], -127);
+    ESS_CHECK_EQ_INT(yr[0].qs[3], -127);
 }
 
 /* ---------------------------------------------------------------- a tiny model */

@@ -1,0 +1,190 @@
+/* quant_repack_avx2.c - AVX2 variants of quant_repack.c: llama.cpp's repacked-matmul
+ * arithmetic (one scalar FMA chain per output) with the integer sums done in SIMD.
+ *
+ * Integer sums regroup exactly, so only the float steps have to follow the reference: per
+ * group (a Q4_0 block; 64 or 256 elements of Q4_K; 128 or 256 of Q2_K) the integer sum is
+ * converted once and fused into the chain with the scale product, as in quant_repack.c.
+ * The _dot4 forms run one weight row against four activation rows (arow bytes apart) and
+ * give each token the bits of the single-token form. Built with -mavx2 -mfma -mf16c in
+ * x86_64 builds only; chosen at run time by matmul.c. No state, no allocation. */
+#include "quant_impl.h"
+
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+
+#include <immintrin.h>
+
+static inline float h2f(ess_fp16 h) { return _cvtsh_ss(h); }
+static inline float fma1(float a, float b, float c) {
+    return _mm_cvtss_f32(_mm_fmadd_ss(_mm_set_ss(a), _mm_set_ss(b), _mm_set_ss(c)));
+}
+static inline int hsum_i32(__m256i v) {
+    __m128i x = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0x4E));
+    x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0xB1));
+    return _mm_cvtsi128_si32(x);
+}
+
+/* ------------------------------------------------------------------------ Q4_0 ---- */
+
+/* quants - 8 as signed bytes, in element order (low nibbles then high nibbles) */
+static inline __m256i q4_0_bytes(const uint8_t *qs) {
+    const __m128i raw = _mm_loadu_si128((const __m128i *)qs), m4 = _mm_set1_epi8(0xF);
+    const __m256i b = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+    return _mm256_sub_epi8(b, _mm256_set1_epi8(8));
+}
+/* exact sum of w[i]*a[i] over 32 signed bytes (w in [-8, 7]) */
+static inline int dot32_i8(__m256i w, __m256i aw, const int8_t *a) {
+    const __m256i p = _mm256_maddubs_epi16(aw, _mm256_sign_epi8(_mm256_loadu_si256((const __m256i *)a), w));
+    return hsum_i32(_mm256_madd_epi16(p, _mm256_set1_epi16(1)));
+}
+
+void ess_vec_dot_q4_0_q8_0_rp_avx2(int n, float *s, const void *vw, const void *va) {
+    const ess_block_q4_0 *w = vw;
+    const ess_block_q8_0 *a = va;
+    float acc = 0;
+    for (int i = 0; i < n / ESS_QK4_0; i++) {
+        const __m256i qw = q4_0_bytes(w[i].qs);
+        acc = fma1((float)dot32_i8(qw, _mm256_sign_epi8(qw, qw), a[i].qs), h2f(w[i].d) * h2f(a[i].d), acc);
+    }
+    *s = acc;
+}
+
+void ess_dot4_q4_0_q8_0_rp_avx2(int n, float *s, const void *vw, const void *va, size_t arow) {
+    const ess_block_q4_0 *w = vw;
+    const uint8_t *ya = va;
+    float acc[4] = {0, 0, 0, 0};
+    for (int i = 0; i < n / ESS_QK4_0; i++) {
+        const __m256i qw = q4_0_bytes(w[i].qs), aw = _mm256_sign_epi8(qw, qw);
+        const float dw = h2f(w[i].d);
+        for (int t = 0; t < 4; t++) {
+            const ess_block_q8_0 *y = (const ess_block_q8_0 *)(ya + (size_t)t * arow) + i;
+            acc[t] = fma1((float)dot32_i8(qw, aw, y->qs), dw * h2f(y->d), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) s[t] = acc[t];
+}
+
+/* ------------------------------------------------------------------------ Q4_K ---- */
+
+/* The 6-bit scales (bytes 0..7) and mins (8..15) of a Q4_K block. */
+static inline __m128i q4k_scales_mins(const uint8_t *packed) {
+    uint32_t u0, u1, u2;
+    memcpy(&u0, packed, 4);
+    memcpy(&u1, packed + 4, 4);
+    memcpy(&u2, packed + 8, 4);
+    const uint32_t m6 = 0x3f3f3f3f, m4 = 0x0f0f0f0f, m2 = 0x03030303;
+    const uint32_t sc_hi = (u2 & m4) | (((u0 >> 6) & m2) << 4);
+    const uint32_t mn_hi = ((u2 >> 4) & m4) | (((u1 >> 6) & m2) << 4);
+    return _mm_set_epi32((int)mn_hi, (int)(u1 & m6), (int)sc_hi, (int)(u0 & m6));
+}
+/* lane j: m[2j]*bsum32[2j] + m[2j+1]*bsum32[2j+1], the mins of 64-element chunk j */
+static inline __m128i q4k_mins_dot(__m256i sm, const int16_t *bsums) {
+    const __m256i bs = _mm256_loadu_si256((const __m256i *)bsums);
+    const __m128i bs32 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    return _mm_madd_epi16(_mm256_extracti128_si256(sm, 1), bs32);
+}
+static inline __m256i bcast16(__m256i v, int k) { return _mm256_shuffle_epi8(v, _mm256_set1_epi16((short)(0x0100 + 0x0202 * k))); }
+/* scale-weighted integer sum of 64-element chunk j (sub-blocks 2j, 2j+1), as 8 lanes */
+static inline __m256i q4k_chunk(const uint8_t *qs, __m256i scales, const int8_t *a, int j) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    const __m256i bits = _mm256_loadu_si256((const __m256i *)(qs + 32 * j));
+    const __m256i lo = _mm256_and_si256(bits, m4), hi = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+    return _mm256_add_epi32(
+        _mm256_madd_epi16(bcast16(scales, 2 * j), _mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)(a + 64 * j)))),
+        _mm256_madd_epi16(bcast16(scales, 2 * j + 1), _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)(a + 64 * j + 32)))));
+}
+
+void ess_vec_dot_q4_K_q8_K_gemv_avx2(int n, float *s, const void *vw, const void *va) {
+    const ess_block_q4_K *x = vw;
+    const ess_block_q8_K *y = va;
+    float acc = 0, accm = 0;
+    for (int i = 0; i < n / ESS_QK_K; i++) {
+        const __m256i sm = _mm256_cvtepu8_epi16(q4k_scales_mins(x[i].scales));
+        const __m128i sc128 = _mm256_castsi256_si128(sm);
+        const __m256i scales = _mm256_set_m128i(sc128, sc128);
+        __m256i v = q4k_chunk(x[i].qs, scales, y[i].qs, 0);
+        for (int j = 1; j < 4; j++) v = _mm256_add_epi32(v, q4k_chunk(x[i].qs, scales, y[i].qs, j));
+        __m128i mn = q4k_mins_dot(sm, y[i].bsums);
+        mn = _mm_add_epi32(mn, _mm_shuffle_epi32(mn, 0x4E));
+        mn = _mm_add_epi32(mn, _mm_shuffle_epi32(mn, 0xB1));
+        acc = fma1((float)hsum_i32(v), h2f(x[i].d) * y[i].d, acc);
+        accm = fma1((float)_mm_cvtsi128_si32(mn), h2f(x[i].dmin) * y[i].d, accm);
+    }
+    *s = acc - accm;
+}
+
+void ess_dot4_q4_K_q8_K_gemm_avx2(int n, float *s, const void *vw, const void *va, size_t arow) {
+    const ess_block_q4_K *x = vw;
+    const uint8_t *ya = va;
+    float acc[4] = {0, 0, 0, 0}, accm[4] = {0, 0, 0, 0};
+    for (int i = 0; i < n / ESS_QK_K; i++) {
+        const float dw = h2f(x[i].d), mw = h2f(x[i].dmin);
+        const __m256i sm = _mm256_cvtepu8_epi16(q4k_scales_mins(x[i].scales));
+        const __m128i sc128 = _mm256_castsi256_si128(sm);
+        const __m256i scales = _mm256_set_m128i(sc128, sc128);
+        for (int t = 0; t < 4; t++) {
+            const ess_block_q8_K *y = (const ess_block_q8_K *)(ya + (size_t)t * arow) + i;
+            int mins[4];
+            _mm_storeu_si128((__m128i *)mins, q4k_mins_dot(sm, y->bsums));
+            const float dd = dw * y->d, dm = mw * y->d;
+            for (int j = 0; j < 4; j++) {
+                acc[t] = fma1((float)hsum_i32(q4k_chunk(x[i].qs, scales, y->qs, j)), dd, acc[t]);
+                accm[t] = fma1((float)mins[j], dm, accm[t]);
+            }
+        }
+    }
+    for (int t = 0; t < 4; t++) s[t] = acc[t] - accm[t];
+}
+
+/* ------------------------------------------------------------------------ Q2_K ---- */
+
+/* scale-weighted integer sums of the two 128-element halves of a Q2_K block */
+static inline void q2k_halves(const ess_block_q2_K *x, const ess_block_q8_K *y, int isum[2], int imin[2]) {
+    const __m256i m3 = _mm256_set1_epi8(3);
+    for (int h = 0; h < 2; h++) {
+        const __m256i bits = _mm256_loadu_si256((const __m256i *)(x->qs + 32 * h));
+        __m256i v = _mm256_setzero_si256();
+        int mn = 0;
+        for (int g = 0; g < 4; g++) {
+            const int k = 4 * h + g; /* 32 elements: sub-blocks 2k, 2k+1 */
+            const __m256i q = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * g), m3);
+            const __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(y->qs + 32 * k)));
+            const __m256i sc = _mm256_set_m128i(_mm_set1_epi16((short)(x->scales[2 * k + 1] & 0xF)), _mm_set1_epi16((short)(x->scales[2 * k] & 0xF)));
+            v = _mm256_add_epi32(v, _mm256_madd_epi16(sc, p));
+            mn += (x->scales[2 * k] >> 4) * y->bsums[2 * k] + (x->scales[2 * k + 1] >> 4) * y->bsums[2 * k + 1];
+        }
+        isum[h] = hsum_i32(v);
+        imin[h] = mn;
+    }
+}
+
+void ess_vec_dot_q2_K_q8_K_gemv_avx2(int n, float *s, const void *vw, const void *va) {
+    const ess_block_q2_K *x = vw;
+    const ess_block_q8_K *y = va;
+    float acc = 0, accm = 0;
+    for (int i = 0; i < n / ESS_QK_K; i++) {
+        int is[2], im[2];
+        q2k_halves(&x[i], &y[i], is, im);
+        acc = fma1((float)(is[0] + is[1]), h2f(x[i].d) * y[i].d, acc);
+        accm = fma1((float)(im[0] + im[1]), h2f(x[i].dmin) * y[i].d, accm);
+    }
+    *s = acc - accm;
+}
+
+void ess_vec_dot_q2_K_q8_K_gemm_avx2(int n, float *s, const void *vw, const void *va) {
+    const ess_block_q2_K *x = vw;
+    const ess_block_q8_K *y = va;
+    float acc = 0, accm = 0;
+    for (int i = 0; i < n / ESS_QK_K; i++) {
+        int is[2], im[2];
+        q2k_halves(&x[i], &y[i], is, im);
+        const float dd = h2f(x[i].d) * y[i].d, dm = h2f(x[i].dmin) * y[i].d;
+        for (int h = 0; h < 2; h++) {
+            acc = fma1((float)is[h], dd, acc);
+            accm = fma1((float)im[h], dm, accm);
+        }
+    }
+    *s = acc - accm;
+}
+
+#endif
