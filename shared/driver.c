@@ -490,15 +490,15 @@ static void attn_share(void *arg, int ith, int nth) {
     const size_t nq = (size_t)m->n_head * m->head_dim_k, no = (size_t)m->n_head * m->head_dim_v;
     const int units = d->n_tok * m->n_head;
     const int a = (int)((int64_t)units * ith / nth), b = (int)((int64_t)units * (ith + 1) / nth);
-    /* Plain loops, not the SIMD dot: with them our logits agree with llama.cpp's to the
-     * last bit at more positions (measured on synthetic Q8_0 models), and a last-bit
-     * difference here can tip the rounding of the quantized activations that follow. */
-    const ess_vec_dot_fn dot = NULL;
+    /* ops.c follows llama.cpp's attention arithmetic, which differs between a token
+     * evaluated alone and one of a batch (the P*V product goes through tinyBLAS then); a
+     * last-bit difference here can tip the rounding of the quantized activations after. */
+    const int batch = d->n_tok > 1;
     float *scores = d->scores + (size_t)ith * d->o.n_ctx;
     for (int u = a; u < b; u++) {
         const int t = u / m->n_head, h = u % m->n_head;
         ess_attention_heads(d->att + t * no, d->q + t * nq, j->kv, m->n_head, h, h + 1, d->pos + t, m->sliding_window,
-                            j->scale, scores, dot);
+                            j->scale, scores, batch, d->k->isa);
     }
 }
 
@@ -555,11 +555,8 @@ static int begin_up(ess_driver *d) {
     memset(d->exp_count, 0, (size_t)X * sizeof(int32_t));
     for (int t = 0; t < d->n_tok; t++) {
         const float *xt = d->xb + (size_t)t * E;
-        for (int x = 0; x < X; x++) {
-            float s = 0.0f;
-            for (int i = 0; i < E; i++) s += router[(size_t)x * E + i] * xt[i];
-            d->rl[x] = s;
-        }
+        /* the router's F32 product in llama.cpp's order (its logits decide the experts) */
+        for (int x = 0; x < X; x++) d->rl[x] = ess_dot_f32_mm(router + (size_t)x * E, xt, E, d->n_tok, X, d->k->isa);
         ess_moe_gate(d->rl, X, U, 1, d->sel + (size_t)t * U, d->selw + (size_t)t * U);
         for (int s = 0; s < U; s++) d->exp_count[d->sel[t * U + s]]++;
     }
@@ -593,7 +590,8 @@ static int begin_down(ess_driver *d) {
     const int F = m->n_ff, E = m->n_embd;
     const ess_layer_tensors *lt = &m->layers[d->layer];
     const int rows = m->n_expert ? d->n_tok * m->n_expert_used : d->n_tok;
-    ess_swiglu(d->hg, d->hg, d->hu, rows * F);
+    /* row by row: ggml's groups of 16 start again at each row */
+    for (int r = 0; r < rows; r++) ess_swiglu(d->hg + (size_t)r * F, d->hg + (size_t)r * F, d->hu + (size_t)r * F, F, d->k->isa);
     begin_round(d);
     int rc;
     if (!m->n_expert) {

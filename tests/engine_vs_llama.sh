@@ -30,17 +30,12 @@ pass=0
 fail=0
 
 KNOWN="
-stories260K-F16.gguf logits
 stories260K-moe4x2-Q4_0.gguf greedy
-stories260K-pad256-Q6_K.gguf greedy
-synth tinyllama F16 logits
 synth tinyllama Q4_0 logits
-synth tinyllama Q4_1 logits
 synth tinyllama Q2_K logits
 synth tinyllama Q3_K logits
 synth tinyllama Q4_K logits
 synth tinyllama Q4_K_M logits
-synth mistral-small Q8_0 logits
 synth mistral-small Q4_K_M logits
 "
 known=0
