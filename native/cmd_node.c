@@ -369,6 +369,7 @@ static void do_compute(node *nd, const ess_wire_header *h, const uint8_t *p, siz
     q.act = c.act;
     q.act_type = c.act_type;
     q.n_tok = (int)c.n_tok;
+    q.mm_mode = c.mm_mode; /* sum as the asker's llama.cpp path does (repacked or plain dots) */
     q.out = out;
     q.out_stride = q.out_cols = cols;
     char err[160];

@@ -147,7 +147,7 @@ static void run_share(void *arg, int ith, int nth) {
             ess_getrows(j->k, r->wtype, w, r->ne0, r->r0, r->rows + lo, (int)(hi - lo), r->out + lo * r->out_stride, r->out_stride);
         } else {
             const size_t wrow = (size_t)ess_row_size(r->wtype, r->ne0);
-            ess_matmul(j->k, r->wtype, w + lo * wrow, r->ne0, (int64_t)(hi - lo), r->act, r->n_tok, r->out + lo, r->out_stride);
+            ess_matmul_ex(j->k, r->wtype, (ess_matmul_mode)r->mm_mode, w + lo * wrow, r->ne0, (int64_t)(hi - lo), r->act, r->n_tok, r->out + lo, r->out_stride);
         }
     }
 }

@@ -340,6 +340,7 @@ static int send_req(ess_remote *r, int s) {
         c.n_tok = (uint32_t)q->n_tok;
         c.n_in = (uint32_t)q->ne0;
         c.deadline_ms = r->o.deadline_ms;
+        c.mm_mode = q->mm_mode; /* nodes sum as the local engine does: the same bits */
         c.act = q->act;
         uint8_t *buf = scratch(r, ESS_WIRE_HEADER_SIZE + ESS_WIRE_COMPUTE_FIXED + (size_t)q->n_tok * q->act_row_bytes);
         n = buf ? ess_wire_compute_encode(buf, r->out_cap, id, &c, &e) : ESS_ENOMEM;

@@ -5,6 +5,8 @@
  * machine that strings them together. */
 #include "driver.h"
 
+#include "matmul.h"
+
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -397,6 +399,7 @@ static int emit_matmul(ess_driver *d, int32_t ti, uint32_t e, const uint8_t *act
         r->act_type = (uint32_t)ess_type_info(t->type)->vec_dot_type;
         r->act_row_bytes = row_bytes;
         r->n_tok = n_tok;
+        r->mm_mode = (uint32_t)ess_matmul_mode_of(t->type, t->ne[1], (int)t->n_dims);
         r->out = out + s->row0;
         r->out_stride = out_stride;
         r->out_cols = (size_t)(s->row1 - s->row0);

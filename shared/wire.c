@@ -292,6 +292,9 @@ static int compute_check(const ess_wire_compute *c, uint64_t *row_bytes, uint64_
                         c->n_in, tt->name, tt->blck);
     rc = check_deadline("COMPUTE", c->deadline_ms, 56, e);
     if (rc) return rc;
+    if (c->mm_mode > ESS_WIRE_MAX_MM_MODE)
+        return ess_fail(e, ESS_EFORMAT, "COMPUTE mm_mode %u at payload byte 60 is not 0..%d", c->mm_mode,
+                        ESS_WIRE_MAX_MM_MODE);
     *row_bytes = rb;
     *total = rb * c->n_tok; /* < 2^23 * 2^12: no overflow */
     if (*total > ESS_WIRE_MAX_BINARY - ESS_WIRE_COMPUTE_FIXED)
@@ -313,8 +316,7 @@ int ess_wire_compute_decode(const uint8_t *p, size_t n, ess_wire_compute *c, ess
     c->n_tok = ess_rd32(p + 48);
     c->n_in = ess_rd32(p + 52);
     c->deadline_ms = ess_rd32(p + 56);
-    uint32_t rsv = ess_rd32(p + 60);
-    if (rsv) return ess_fail(e, ESS_EFORMAT, "COMPUTE reserved field at payload byte 60 is 0x%08x, must be 0", rsv);
+    c->mm_mode = ess_rd32(p + 60);
     uint64_t rb, total;
     int rc = compute_check(c, &rb, &total, e);
     if (rc) return rc;
@@ -344,7 +346,7 @@ int64_t ess_wire_compute_encode(uint8_t *buf, size_t cap, uint64_t id, const ess
     ess_wr32(p + 48, c->n_tok);
     ess_wr32(p + 52, c->n_in);
     ess_wr32(p + 56, c->deadline_ms);
-    ess_wr32(p + 60, 0);
+    ess_wr32(p + 60, c->mm_mode);
     memcpy(p + ESS_WIRE_COMPUTE_FIXED, c->act, (size_t)total);
     return size;
 }

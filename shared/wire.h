@@ -101,6 +101,7 @@ typedef enum {
 
 #define ESS_WIRE_FRAG_ID_SIZE 32          /* a fragment's id: sha256 of its file */
 #define ESS_WIRE_COMPUTE_FIXED 64         /* COMPUTE payload bytes before the activations */
+#define ESS_WIRE_MAX_MM_MODE 2            /* COMPUTE mm_mode: highest value (ess_matmul_mode) */
 #define ESS_WIRE_ROWS_FIXED 48            /* ROWS payload bytes before the row ids */
 #define ESS_WIRE_RESULT_FIXED 8           /* RESULT payload bytes before the values */
 #define ESS_WIRE_ERROR_FIXED 2            /* ERROR payload bytes before the text */
@@ -128,6 +129,8 @@ typedef struct {
     uint32_t n_tok;       /* activation rows */
     uint32_t n_in;        /* elements per activation row (= the weight's ne0) */
     uint32_t deadline_ms; /* answer within this many ms of receipt, 1..MAX_DEADLINE_MS */
+    uint32_t mm_mode;     /* how to sum: 0 plain dots, 1 as llama.cpp's repacked gemm/gemv,
+                             2 repacked gemv only (ess_matmul_mode); 0..ESS_WIRE_MAX_MM_MODE */
     const uint8_t *act;   /* (n_tok, act_row_bytes): ggml blocks, little-endian */
     uint64_t act_row_bytes; /* set by decode; encode computes it and ignores this field */
 } ess_wire_compute;

@@ -30,13 +30,7 @@ pass=0
 fail=0
 
 KNOWN="
-stories260K-moe4x2-Q4_0.gguf greedy
-synth tinyllama Q4_0 logits
-synth tinyllama Q2_K logits
 synth tinyllama Q3_K logits
-synth tinyllama Q4_K logits
-synth tinyllama Q4_K_M logits
-synth mistral-small Q4_K_M logits
 "
 known=0
 is_known() { [ -n "$1" ] && printf "%s\n" "$KNOWN" | grep -qxF "$1"; }

@@ -610,9 +610,27 @@ ESS_TEST(wire_compute_deadline_out_of_range) {
     CHECK_FAIL(compute_payload_rc(56, ESS_WIRE_MAX_DEADLINE_MS + 1, &e), e, ESS_ERANGE, "deadline_ms");
 }
 
-ESS_TEST(wire_compute_nonzero_reserved) {
+ESS_TEST(wire_compute_bad_mm_mode) {
     ess_err e = {0};
-    CHECK_FAIL(compute_payload_rc(60, 1, &e), e, ESS_EFORMAT, "reserved");
+    CHECK_FAIL(compute_payload_rc(60, ESS_WIRE_MAX_MM_MODE + 1, &e), e, ESS_EFORMAT, "mm_mode");
+    CHECK_FAIL(compute_payload_rc(60, 0xffffffffu, &e), e, ESS_EFORMAT, "mm_mode");
+}
+
+ESS_TEST(wire_compute_mm_mode_round_trips) {
+    size_t ab;
+    uint8_t *act = make_act(ESS_TYPE_Q8_0, 3, 64, 42, &ab);
+    for (uint32_t mode = 0; mode <= ESS_WIRE_MAX_MM_MODE; mode++) {
+        ess_wire_compute c = compute_example(act), d;
+        c.mm_mode = mode;
+        ess_err e = {0};
+        uint8_t buf[4096];
+        int64_t n = ess_wire_compute_encode(buf, sizeof buf, 9, &c, &e);
+        ESS_CHECK_MSG(n > 0, "encode mode %u: %s", mode, e.msg);
+        ESS_CHECK_EQ_INT(ess_rd32(buf + ESS_WIRE_HEADER_SIZE + 60), mode);
+        ESS_CHECK(ess_wire_compute_decode(buf + ESS_WIRE_HEADER_SIZE, (size_t)n - ESS_WIRE_HEADER_SIZE, &d, &e) == 0);
+        ESS_CHECK_EQ_INT(d.mm_mode, mode);
+    }
+    free(act);
 }
 
 ESS_TEST(wire_compute_encoder_refuses_what_decoder_refuses) {
