@@ -129,4 +129,23 @@ int ess_gen_reset(ess_gen *g);
 /* A few words for g->why ("end of text", "stop string", ...). */
 const char *ess_gen_why_str(ess_gen_why why);
 
+
+/* --help lines of the options `run` and `chat` share (sampling, threads, context, KV
+ * cache, batch, relay), so the two commands describe them alike. */
+#define ESS_GEN_OPTIONS_HELP \
+    "  --temp T              temperature, 0 = greedy (default 0.8)\n" \
+    "  --top-k K             (default 40, 0 = off)\n" \
+    "  --top-p P             (default 0.95, 1 = off)\n" \
+    "  --min-p M             (default 0.05, 0 = off)\n" \
+    "  --repeat-penalty R    over the last 64 tokens (default 1.0 = off)\n" \
+    "  --seed S              sampling seed (default: random)\n" \
+    "  -t, --threads T       threads (default: all CPUs)\n" \
+    "  -c, --ctx C           context in tokens (default: the model's, at most 4096)\n" \
+    "  --kv-type f32|f16     KV cache type (default f32)\n" \
+    "  -b, --batch B         prompt tokens per batch (default 512)\n" \
+    "  --relay URL           run over a swarm (ws:// or wss://); MODEL is then a fragment\n" \
+    "                        directory, a manifest.json or a model id the relay serves\n" \
+    "  --insecure            with --relay: accept a self-signed TLS certificate\n" \
+    "  --ca FILE             with --relay: trust the certificates in FILE too\n"
+
 #endif
