@@ -129,7 +129,6 @@ int ess_gen_reset(ess_gen *g);
 /* A few words for g->why ("end of text", "stop string", ...). */
 const char *ess_gen_why_str(ess_gen_why why);
 
-
 /* --help lines of the options `run` and `chat` share (sampling, threads, context, KV
  * cache, batch, relay), so the two commands describe them alike. */
 #define ESS_GEN_OPTIONS_HELP \
