@@ -6,10 +6,11 @@
  * only the float combination differs (one 8-lane FMA accumulator over blocks), so they
  * agree with the references to float rounding, not bit for bit. Two ideas carry the
  * speed: _mm256_maddubs_epi16 multiplies unsigned weight quants by signed activation
- * quants and adds pairs into int16, and constant offsets (Q3_K's -4, Q6_K's -32) and the
+ * quants and adds pairs into int16, and constant offsets (Q6_K's -32) and the
  * mins of Q2_K/Q4_K/Q5_K are taken out once per block through the Q8_K block sums
  * (bsums), so the inner loops only see unsigned quants. That relies on bsums matching qs,
- * which ess_quant_q8_K_* guarantee.
+ * which ess_quant_q8_K_* guarantee. Q3_K instead takes its -4 out per group, keeping
+ * ggml's int32 lane split so its float sums round exactly as llama.cpp's do.
  *
  * The Q8_K quantizer gives the same bytes as ess_quant_q8_K_ref for every input without
  * NaN (ggml's CPU backend uses the reference quantizer on x86, so bytes are what matter).
@@ -218,10 +219,11 @@ void ess_vec_dot_q3_K_q8_K_avx2(int n, float *s, const void *vw, const void *va)
                                     (int)((u[1] & k4) | (((u[2] >> 2) & k2) << 4)),
                                     (int)((u[0] & k4) | (((u[2] >> 0) & k2) << 4)));
         sc8 = _mm_sub_epi8(sc8, _mm_set1_epi8(32));
-        /* quants are stored as q+4 in 0..7: take 4*sum(sc*bsum) out once */
-        const __m256i bs = _mm256_loadu_si256((const __m256i *)y[i].bsums);
-        __m256i sumi = _mm256_slli_epi32(_mm256_madd_epi16(_mm256_cvtepi8_epi16(sc8), bs), 2);
-        sumi = _mm256_sub_epi32(_mm256_setzero_si256(), sumi);
+        /* The -4 offset is taken out per group (not once through bsums) so that each int32
+         * lane holds the same partial sum as in ggml's AVX2 kernel: the lanes are converted
+         * to float and summed in a fixed order, so the lane split decides the rounding and
+         * with it whether logits match llama.cpp bit for bit. */
+        __m256i sumi = _mm256_setzero_si256();
 
         const __m256i hbits = _mm256_loadu_si256((const __m256i *)x[i].hmask);
         const int8_t *q8 = y[i].qs;
@@ -234,7 +236,9 @@ void ess_vec_dot_q3_K_q8_K_avx2(int n, float *s, const void *vw, const void *va)
                 const __m256i lo = _mm256_and_si256(_mm256_srli_epi16(bits, 2 * g), m3);
                 const __m256i hi = _mm256_and_si256(_mm256_slli_epi16(_mm256_srli_epi16(hbits, bit), 2), m4);
                 const __m256i q = _mm256_or_si256(lo, hi);
-                const __m256i p = _mm256_maddubs_epi16(q, _mm256_loadu_si256((const __m256i *)(q8 + 32 * bit)));
+                const __m256i a = _mm256_loadu_si256((const __m256i *)(q8 + 32 * bit));
+                /* q in 0..7 and 4 are unsigned, so neither maddubs saturates (|pair| <= 1792) */
+                const __m256i p = _mm256_sub_epi16(_mm256_maddubs_epi16(q, a), _mm256_maddubs_epi16(m4, a));
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scales16_for_group(sc8, bit), p));
             }
         }

@@ -30,7 +30,6 @@ pass=0
 fail=0
 
 KNOWN="
-synth tinyllama Q3_K logits
 "
 known=0
 is_known() { [ -n "$1" ] && printf "%s\n" "$KNOWN" | grep -qxF "$1"; }
