@@ -69,9 +69,12 @@ ess_matmul_mode ess_matmul_mode_of(uint32_t wtype, uint64_t tensor_rows, int n_d
     return n_dims == 3 ? ESS_MATMUL_REPACK_GEMV : ESS_MATMUL_REPACK;
 }
 
+typedef void (*repack_tile_fn)(int n, float *s, size_t s_stride, const void *w, size_t wrow, const void *a, size_t arow);
+
 typedef struct {
     ess_vec_dot_fn gemv, gemm; /* one token */
     ess_dot4_fn gemm4;         /* four gemm tokens, or NULL */
+    repack_tile_fn tile8;      /* eight rows by four gemm tokens, or NULL */
 } repack_dots;
 
 /* The dots of a repacked type on this build, or 0 when it keeps its vec_dot. */
@@ -93,10 +96,12 @@ static int repack_dots_for(const ess_kernels *k, uint32_t wtype, repack_dots *d)
         case ESS_TYPE_Q4_0:
             d->gemv = d->gemm = ess_vec_dot_q4_0_q8_0_rp_avx2;
             d->gemm4 = ess_dot4_q4_0_q8_0_rp_avx2;
+            d->tile8 = ess_tile8_q4_0_q8_0_rp_avx2;
             break;
         case ESS_TYPE_Q4_K:
             d->gemv = ess_vec_dot_q4_K_q8_K_gemv_avx2;
             d->gemm4 = ess_dot4_q4_K_q8_K_gemm_avx2;
+            d->tile8 = ess_tile8_q4_K_q8_K_gemm_avx2;
             break;
         case ESS_TYPE_Q2_K:
             d->gemv = ess_vec_dot_q2_K_q8_K_gemv_avx2;
@@ -126,9 +131,15 @@ void ess_matmul_ex(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode, c
         const int64_t r1 = r0 + ROW_TILE < n_rows ? r0 + ROW_TILE : n_rows;
         for (int t0 = 0; t0 < n_tok; t0 += TOK_TILE) { /* TOK_TILE % 4 == 0: groups stay whole */
             const int t1 = t0 + TOK_TILE < n_tok ? t0 + TOK_TILE : n_tok;
+            /* whole 8-row tiles: all gemm groups at once, lanes across the rows */
+            int tt = t0;
+            if (d.tile8 && r1 - r0 == 8)
+                for (; tt + 4 <= t1 && tt + 4 <= n_gemm; tt += 4)
+                    d.tile8((int)ne0, out + (size_t)tt * out_stride + r0, out_stride, wb + (size_t)r0 * wrow, wrow,
+                            ab + (size_t)tt * arow, arow);
             for (int64_t r = r0; r < r1; r++) {
                 const uint8_t *wr = wb + (size_t)r * wrow;
-                int t = t0;
+                int t = tt;
                 if (d.gemm4)
                     for (; t + 4 <= t1 && t + 4 <= n_gemm; t += 4) {
                         float s[4];

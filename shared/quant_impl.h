@@ -68,6 +68,10 @@ void ess_vec_dot_q4_0_q8_0_rp_avx2(int n, float *s, const void *w, const void *a
 void ess_dot4_q4_0_q8_0_rp_avx2(int n, float *s, const void *w, const void *a, size_t arow);
 void ess_vec_dot_q4_K_q8_K_gemv_avx2(int n, float *s, const void *w, const void *a);
 void ess_dot4_q4_K_q8_K_gemm_avx2(int n, float *s, const void *w, const void *a, size_t arow);
+/* Eight weight rows (wrow bytes apart) by four gemm tokens, output s[t * s_stride + r],
+ * each output with the bits of the single-row gemm form above. */
+void ess_tile8_q4_0_q8_0_rp_avx2(int n, float *s, size_t s_stride, const void *w, size_t wrow, const void *a, size_t arow);
+void ess_tile8_q4_K_q8_K_gemm_avx2(int n, float *s, size_t s_stride, const void *w, size_t wrow, const void *a, size_t arow);
 void ess_vec_dot_q2_K_q8_K_gemv_avx2(int n, float *s, const void *w, const void *a);
 void ess_vec_dot_q2_K_q8_K_gemm_avx2(int n, float *s, const void *w, const void *a);
 #endif

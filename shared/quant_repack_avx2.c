@@ -64,6 +64,43 @@ void ess_dot4_q4_0_q8_0_rp_avx2(int n, float *s, const void *vw, const void *va,
     for (int t = 0; t < 4; t++) s[t] = acc[t];
 }
 
+/* lane r = the sum of the eight lanes of v[r] (exact: integer adds regroup freely) */
+static inline __m256i hsum8_i32(const __m256i v[8]) {
+    const __m256i lo = _mm256_hadd_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_hadd_epi32(v[2], v[3]));
+    const __m256i hi = _mm256_hadd_epi32(_mm256_hadd_epi32(v[4], v[5]), _mm256_hadd_epi32(v[6], v[7]));
+    return _mm256_add_epi32(_mm256_permute2x128_si256(lo, hi, 0x20), _mm256_permute2x128_si256(lo, hi, 0x31));
+}
+/* the eight row scales of block i as floats, lane r for row r */
+static inline __m256 h2f8(const uint8_t *w, size_t wrow, size_t block_size, int i, size_t field) {
+    uint16_t h[8];
+    for (int r = 0; r < 8; r++) memcpy(&h[r], w + (size_t)r * wrow + (size_t)i * block_size + field, 2);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h));
+}
+
+void ess_tile8_q4_0_q8_0_rp_avx2(int n, float *s, size_t s_stride, const void *vw, size_t wrow, const void *va, size_t arow) {
+    const uint8_t *wb = vw, *ya = va;
+    __m256 acc[4];
+    for (int t = 0; t < 4; t++) acc[t] = _mm256_setzero_ps();
+    for (int i = 0; i < n / ESS_QK4_0; i++) {
+        __m256i qw[8], aw[8];
+        for (int r = 0; r < 8; r++) {
+            qw[r] = q4_0_bytes(((const ess_block_q4_0 *)(wb + (size_t)r * wrow) + i)->qs);
+            aw[r] = _mm256_sign_epi8(qw[r], qw[r]);
+        }
+        const __m256 dw = h2f8(wb, wrow, sizeof(ess_block_q4_0), i, offsetof(ess_block_q4_0, d));
+        for (int t = 0; t < 4; t++) {
+            const ess_block_q8_0 *y = (const ess_block_q8_0 *)(ya + (size_t)t * arow) + i;
+            const __m256i av = _mm256_loadu_si256((const __m256i *)y->qs);
+            __m256i v[8];
+            for (int r = 0; r < 8; r++)
+                v[r] = _mm256_madd_epi16(_mm256_maddubs_epi16(aw[r], _mm256_sign_epi8(av, qw[r])), _mm256_set1_epi16(1));
+            /* lane r: the float product dw * da of the single-output form, then its fma */
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum8_i32(v)), _mm256_mul_ps(dw, _mm256_set1_ps(h2f(y->d))), acc[t]);
+        }
+    }
+    for (int t = 0; t < 4; t++) _mm256_storeu_ps(s + (size_t)t * s_stride, acc[t]);
+}
+
 /* ------------------------------------------------------------------------ Q4_K ---- */
 
 /* The 6-bit scales (bytes 0..7) and mins (8..15) of a Q4_K block. */
@@ -134,6 +171,64 @@ void ess_dot4_q4_K_q8_K_gemm_avx2(int n, float *s, const void *vw, const void *v
         }
     }
     for (int t = 0; t < 4; t++) s[t] = acc[t] - accm[t];
+}
+
+/* Eight rows by four gemm tokens at once, each lane one output (llama.cpp's own gemm
+ * layout, without repacking the weights): lane r runs exactly the chains of
+ * ess_dot4_q4_K_q8_K_gemm_avx2 for row r, so the bits are the same. */
+void ess_tile8_q4_K_q8_K_gemm_avx2(int n, float *s, size_t s_stride, const void *vw, size_t wrow, const void *va, size_t arow) {
+    const uint8_t *wb = vw, *ya = va;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[4], accm[4];
+    for (int t = 0; t < 4; t++) acc[t] = accm[t] = _mm256_setzero_ps();
+    for (int i = 0; i < n / ESS_QK_K; i++) {
+        const ess_block_q4_K *x[8];
+        __m256i sm[8];
+        for (int r = 0; r < 8; r++) {
+            x[r] = (const ess_block_q4_K *)(wb + (size_t)r * wrow) + i;
+            sm[r] = _mm256_cvtepu8_epi16(q4k_scales_mins(x[r]->scales));
+        }
+        const __m256 dw = h2f8(wb, wrow, sizeof(ess_block_q4_K), i, offsetof(ess_block_q4_K, d));
+        const __m256 mw = h2f8(wb, wrow, sizeof(ess_block_q4_K), i, offsetof(ess_block_q4_K, dmin));
+        __m256 dd[4];
+        for (int t = 0; t < 4; t++) {
+            const ess_block_q8_K *y = (const ess_block_q8_K *)(ya + (size_t)t * arow) + i;
+            dd[t] = _mm256_mul_ps(dw, _mm256_set1_ps(y->d));
+            /* mins: row r's four chunk values, transposed to one vector per chunk */
+            __m256i m[4];
+            for (int r = 0; r < 4; r++)
+                m[r] = _mm256_set_m128i(q4k_mins_dot(sm[r + 4], y->bsums), q4k_mins_dot(sm[r], y->bsums));
+            const __m256i t0 = _mm256_unpacklo_epi32(m[0], m[1]), t1 = _mm256_unpacklo_epi32(m[2], m[3]);
+            const __m256i t2 = _mm256_unpackhi_epi32(m[0], m[1]), t3 = _mm256_unpackhi_epi32(m[2], m[3]);
+            const __m256i mj[4] = {_mm256_unpacklo_epi64(t0, t1), _mm256_unpackhi_epi64(t0, t1),
+                                   _mm256_unpacklo_epi64(t2, t3), _mm256_unpackhi_epi64(t2, t3)};
+            const __m256 dm = _mm256_mul_ps(mw, _mm256_set1_ps(y->d));
+            for (int j = 0; j < 4; j++) accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mj[j]), dm, accm[t]);
+        }
+        for (int j = 0; j < 4; j++) {
+            /* nibbles and scale broadcasts of chunk j, unpacked once for the four tokens */
+            __m256i lo[8], hi[8], slo[8], shi[8];
+#pragma GCC unroll 8
+            for (int r = 0; r < 8; r++) {
+                const __m256i bits = _mm256_loadu_si256((const __m256i *)(x[r]->qs + 32 * j));
+                lo[r] = _mm256_and_si256(bits, m4), hi[r] = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+                const __m256i sc = _mm256_permute2x128_si256(sm[r], sm[r], 0x00);
+                slo[r] = bcast16(sc, 2 * j), shi[r] = bcast16(sc, 2 * j + 1);
+            }
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++) {
+                const int8_t *a = ((const ess_block_q8_K *)(ya + (size_t)t * arow) + i)->qs + 64 * j;
+                const __m256i alo = _mm256_loadu_si256((const __m256i *)a), ahi = _mm256_loadu_si256((const __m256i *)(a + 32));
+                __m256i v[8];
+#pragma GCC unroll 8
+                for (int r = 0; r < 8; r++)
+                    v[r] = _mm256_add_epi32(_mm256_madd_epi16(slo[r], _mm256_maddubs_epi16(lo[r], alo)),
+                                            _mm256_madd_epi16(shi[r], _mm256_maddubs_epi16(hi[r], ahi)));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(hsum8_i32(v)), dd[t], acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < 4; t++) _mm256_storeu_ps(s + (size_t)t * s_stride, _mm256_sub_ps(acc[t], accm[t]));
 }
 
 /* ------------------------------------------------------------------------ Q2_K ---- */

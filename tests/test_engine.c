@@ -784,4 +784,45 @@ ESS_TEST(stories260K_greedy_matches_llama_cpp) {
     ess_engine_close(&en);
 }
 
+static int same_bits_f32(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
+/* The 8-row x 4-token tiles of the repacked paths give, output by output, the bits of the
+ * scalar mirrors of llama.cpp's gemm/gemv: 1..9 tokens, odd row counts, slices at odd
+ * offsets, both repack modes. */
+ESS_TEST(matmul_repack_tile_all_shapes) {
+    static const uint32_t types[] = {ESS_TYPE_Q4_0, ESS_TYPE_Q4_K, ESS_TYPE_Q2_K};
+    if (ess_cpu_isa() != ESS_ISA_AVX2) return;
+    ess_rng r; ess_rng_seed(&r, 7);
+    const int64_t ne0 = 512; enum { ROWS = 29, NT = 9 };
+    float *wf = malloc(sizeof(float) * ne0 * ROWS), *af = malloc(sizeof(float) * ne0 * NT), out[NT * ROWS];
+    uint8_t *w = malloc(ess_row_size(ESS_TYPE_F32, ne0) * ROWS), *a = malloc(ess_row_size(ESS_TYPE_F32, ne0) * NT);
+    for (int64_t i = 0; i < ne0 * ROWS; i++) wf[i] = (float)((ess_rng_u64(&r) >> 11) * 0x1.0p-53 * 2 - 1);
+    for (int64_t i = 0; i < ne0 * NT; i++) af[i] = (float)((ess_rng_u64(&r) >> 11) * 0x1.0p-53 * 4 - 2);
+    ess_kernels k; ess_kernels_init(&k, ESS_ISA_AVX2);
+    int checked = 0;
+    for (size_t ti = 0; ti < 3; ti++) {
+        const uint32_t t = types[ti], vt = (uint32_t)ess_type_info(t)->vec_dot_type;
+        const size_t wr = ess_row_size(t, ne0), ar = ess_row_size(vt, ne0);
+        ess_vec_dot_fn gemv = t == ESS_TYPE_Q4_0 ? ess_vec_dot_q4_0_q8_0_rp : t == ESS_TYPE_Q4_K ? ess_vec_dot_q4_K_q8_K_gemv : ess_vec_dot_q2_K_q8_K_gemv;
+        ess_vec_dot_fn gemm = t == ESS_TYPE_Q4_0 ? ess_vec_dot_q4_0_q8_0_rp : t == ESS_TYPE_Q4_K ? ess_vec_dot_q4_K_q8_K_gemm : ess_vec_dot_q2_K_q8_K_gemm;
+        for (int i = 0; i < ROWS; i++) ess_ref_from_float(t)(wf + i * ne0, w + i * wr, ne0);
+        for (int nt = 1; nt <= NT; nt++)
+            for (int mode = ESS_MATMUL_REPACK; mode <= ESS_MATMUL_REPACK_GEMV; mode++)
+                for (int off = 0; off < 5; off++)
+                    for (int nr = 1; nr + off <= ROWS; nr += 3) {
+                        ess_matmul_quantize(&k, t, (ess_matmul_mode)mode, af, nt, ne0, a);
+                        ess_matmul_ex(&k, t, (ess_matmul_mode)mode, w + off * wr, ne0, nr, a, nt, out, ROWS);
+                        for (int tk = 0; tk < nt; tk++)
+                            for (int i = 0; i < nr; i++) {
+                                float want;
+                                (mode == ESS_MATMUL_REPACK && tk < nt - nt % 4 ? gemm : gemv)((int)ne0, &want, w + (off + i) * wr, a + tk * ar);
+                                ESS_CHECK_MSG(same_bits_f32(out[tk * ROWS + i], want), "%s nt %d mode %d off %d nr %d row %d tok %d",
+                                              ess_type_info(t)->name, nt, mode, off, nr, i, tk);
+                                checked++;
+                            }
+                    }
+    }
+    ESS_CHECK(checked > 10000);
+    free(wf); free(af); free(w); free(a);
+}
+
 int main(int argc, char **argv) { return ess_test_main(argc, argv); }
