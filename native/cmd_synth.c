@@ -24,7 +24,7 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: essaim synth -o FILE.gguf --type TYPE [--preset NAME] [--seed S] [--vocab VOCAB.gguf]\n"
             "                    [shape flags] [--tied] [--name TEXT] [--threads N]\n\n"
-            "Writes a llama-architecture GGUF with seeded random weights that llama.cpp loads.\n"
+            "Writes a llama- or qwen2-architecture GGUF with seeded random weights that llama.cpp loads.\n"
             "Same flags and seed -> the same bytes.\n\n"
             "  --preset NAME     tinyllama-1.1b, mistral-7b, mistral-small-24b (vocab 32768 unless\n"
             "                    --vocab-size), mixtral-mini (8 experts, 2 used)\n"
@@ -37,7 +37,8 @@ static void usage(FILE *f) {
             "                    default: a built-in byte-level SPM tokenizer of --vocab-size tokens\n"
             "  shape flags (override the preset): --layers N --embd N --heads N --kv-heads N\n"
             "                    --head-dim N (0: embd/heads) --ff N --vocab-size N --experts N\n"
-            "                    --experts-used N --ctx N --rope-base X --rms-eps X --arch llama\n"
+            "                    --experts-used N --ctx N --rope-base X --rms-eps X\n"
+            "  --arch A          llama (default) or qwen2 (adds F32 q/k/v biases; dense only)\n"
             "  --tied            no output.weight (the LM head reuses token_embd)\n"
             "  --name TEXT       general.name\n"
             "  --threads N       generate with N threads (default 1; output identical)\n");
@@ -73,7 +74,7 @@ static int write_zeros(int fd, uint64_t n) {
 int ess_cmd_synth(int argc, char **argv) {
     const char *out = NULL, *preset = NULL, *type = NULL, *vocab_path = NULL, *name = NULL;
     uint64_t seed = 1;
-    int tied = 0, n_threads = 1;
+    int tied = 0, n_threads = 1, arch = ESS_SYNTH_ARCH_LLAMA;
     ess_synth_shape shape = {.n_ctx = 2048, .rope_base = 10000.0f, .rms_eps = 1e-5f, .n_vocab = 32000};
     /* Shape flags are applied after the preset, whatever their order on the line. */
     struct { const char *flag; uint32_t *u; float *f; const char *val; } sf[] = {
@@ -113,8 +114,8 @@ int ess_cmd_synth(int argc, char **argv) {
             long t;
             if (ess_opt_long("synth", a, v, 1, MAX_THREADS, &t)) return 2;
             n_threads = (int)t;
-        } else if (strcmp(v, "llama")) { /* --arch */
-            fprintf(stderr, "essaim synth: --arch %s: only llama is supported\n", v);
+        } else if ((arch = ess_synth_arch_find(v)) < 0) { /* --arch */
+            fprintf(stderr, "essaim synth: --arch %s: one of llama, qwen2\n", v);
             return 2;
         }
         i++;
@@ -138,6 +139,7 @@ int ess_cmd_synth(int argc, char **argv) {
     if (preset) snprintf(shape.name, sizeof shape.name, "synthetic %s", preset);
     if (name) snprintf(shape.name, sizeof shape.name, "%s", name);
     shape.tied = tied;
+    shape.arch = (uint32_t)arch; /* after the preset, which would reset it */
 
     const ess_synth_ftype *ft = ess_synth_ftype_find(type);
     if (!ft) {

@@ -15,13 +15,23 @@
  * the real 131072 tokens make a 1.3 GB embedding of random numbers, so the preset keeps
  * 32768 (--vocab-size 131072 restores it). */
 static const ess_synth_shape PRESETS[] = {
-    {"tinyllama-1.1b", 22, 2048, 32, 4, 0, 5632, 32000, 0, 0, 2048, 10000.0f, 1e-5f, 0},
-    {"mistral-7b", 32, 4096, 32, 8, 0, 14336, 32000, 0, 0, 32768, 1000000.0f, 1e-5f, 0},
-    {"mistral-small-24b", 40, 5120, 32, 8, 128, 32768, 32768, 0, 0, 32768, 100000000.0f, 1e-5f, 0},
+    {"tinyllama-1.1b", 22, 2048, 32, 4, 0, 5632, 32000, 0, 0, 2048, 10000.0f, 1e-5f, 0, 0},
+    {"mistral-7b", 32, 4096, 32, 8, 0, 14336, 32000, 0, 0, 32768, 1000000.0f, 1e-5f, 0, 0},
+    {"mistral-small-24b", 40, 5120, 32, 8, 128, 32768, 32768, 0, 0, 32768, 100000000.0f, 1e-5f, 0, 0},
     /* Mixtral's layout (8 experts, 2 used, GQA 4) at a size a laptop generates in seconds. */
-    {"mixtral-mini", 8, 1024, 16, 4, 0, 3584, 32000, 8, 2, 32768, 1000000.0f, 1e-5f, 0},
+    {"mixtral-mini", 8, 1024, 16, 4, 0, 3584, 32000, 8, 2, 32768, 1000000.0f, 1e-5f, 0, 0},
 };
 #define N_PRESETS (int)(sizeof PRESETS / sizeof PRESETS[0])
+
+const char *ess_synth_arch_name(uint32_t arch) {
+    return arch == ESS_SYNTH_ARCH_LLAMA ? "llama" : arch == ESS_SYNTH_ARCH_QWEN2 ? "qwen2" : NULL;
+}
+
+int ess_synth_arch_find(const char *name) {
+    for (uint32_t a = 0; name && ess_synth_arch_name(a); a++)
+        if (!strcmp(name, ess_synth_arch_name(a))) return (int)a;
+    return -1;
+}
 
 const char *ess_synth_preset_name(int i) { return i >= 0 && i < N_PRESETS ? PRESETS[i].name : NULL; }
 
@@ -81,12 +91,12 @@ int ess_synth_more_bits(uint32_t layer, uint32_t n_layer) {
     return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
 }
 
-typedef enum { ROLE_EMBD, ROLE_NORM, ROLE_Q, ROLE_K, ROLE_V, ROLE_O, ROLE_GATE, ROLE_UP, ROLE_DOWN, ROLE_ROUTER, ROLE_OUTPUT } role;
+typedef enum { ROLE_EMBD, ROLE_NORM, ROLE_Q, ROLE_K, ROLE_V, ROLE_O, ROLE_GATE, ROLE_UP, ROLE_DOWN, ROLE_ROUTER, ROLE_OUTPUT, ROLE_BIAS } role;
 
 /* The type a weight of `r` in `layer` gets under ftype f, before the shape fallback. */
 static uint32_t pick_type(const ess_synth_ftype *f, const ess_synth_shape *s, role r, uint32_t layer) {
-    /* Norms are 1-D; routers stay F32 as llama.cpp's converter and quantizer keep them. */
-    if (r == ROLE_NORM || r == ROLE_ROUTER) return ESS_TYPE_F32;
+    /* Norms and biases are 1-D; routers stay F32 as llama.cpp's converter and quantizer keep them. */
+    if (r == ROLE_NORM || r == ROLE_BIAS || r == ROLE_ROUTER) return ESS_TYPE_F32;
     if (!f->q4_k_m) return f->type;
     /* Q4_K_M. The LM head (or the embedding when it doubles as the head) gets Q6_K, Q8_0
      * when its rows do not fill K blocks. */
@@ -128,6 +138,9 @@ static int check_shape(ess_synth_shape *s, ess_err *e) {
     if ((uint64_t)s->head_dim * s->n_head > ESS_SYNTH_MAX_DIM)
         return ess_fail(e, ESS_ERANGE, "shape: n_head * head_dim = %llu exceeds %u",
                         (unsigned long long)s->head_dim * s->n_head, ESS_SYNTH_MAX_DIM);
+    if (!ess_synth_arch_name(s->arch)) return ess_fail(e, ESS_EINVAL, "shape: arch = %u (0 llama, 1 qwen2)", s->arch);
+    if (s->arch == ESS_SYNTH_ARCH_QWEN2 && s->n_expert)
+        return ess_fail(e, ESS_EINVAL, "shape: n_expert = %u with arch qwen2 (qwen2 is dense; its MoE is qwen2moe)", s->n_expert);
     if (s->n_expert == 1 || s->n_expert > ESS_SYNTH_MAX_EXPERTS)
         return ess_fail(e, ESS_ERANGE, "shape: n_expert = %u (0 for a dense FFN, else 2..%u)", s->n_expert, ESS_SYNTH_MAX_EXPERTS);
     if (s->n_expert && (s->n_expert_used < 1 || s->n_expert_used > s->n_expert))
@@ -171,7 +184,7 @@ static int build_table(ess_synth *s, ess_err *e) {
     const int64_t E = h->n_embd, Q = (int64_t)h->n_head * h->head_dim, KV = (int64_t)h->n_head_kv * h->head_dim;
     const int64_t F = h->n_ff, V = h->n_vocab, X = h->n_expert;
     const float in_e = 1.0f / sqrtf((float)E), branch = 1.0f / sqrtf(2.0f * (float)h->n_layer);
-    size_t cap = 3 + (size_t)h->n_layer * 10;
+    size_t cap = 3 + (size_t)h->n_layer * 13;
     int rc;
     s->t = calloc(cap, sizeof *s->t);
     if (!s->t) return ess_fail(e, ESS_ENOMEM, "out of memory for %zu tensors", cap);
@@ -180,8 +193,16 @@ static int build_table(ess_synth *s, ess_err *e) {
         if ((rc = add_tensor(s, cap, e, ROLE_NORM, l, "attn_norm.weight", 1, E, 1, 1, 1.0f, 0.05f)) ||
             (rc = add_tensor(s, cap, e, ROLE_Q, l, "attn_q.weight", 2, E, Q, 1, 0.0f, in_e)) ||
             (rc = add_tensor(s, cap, e, ROLE_K, l, "attn_k.weight", 2, E, KV, 1, 0.0f, in_e)) ||
-            (rc = add_tensor(s, cap, e, ROLE_V, l, "attn_v.weight", 2, E, KV, 1, 0.0f, in_e)) ||
-            (rc = add_tensor(s, cap, e, ROLE_O, l, "attn_output.weight", 2, Q, E, 1, 0.0f, branch / sqrtf((float)Q))) ||
+            (rc = add_tensor(s, cap, e, ROLE_V, l, "attn_v.weight", 2, E, KV, 1, 0.0f, in_e)))
+            return rc;
+        /* qwen2's q/k/v biases: std 0.1 beside projections of std about 1, enough that a
+         * reader skipping them (or adding them after rope) misses by far more than 1e-3. */
+        if (h->arch == ESS_SYNTH_ARCH_QWEN2 &&
+            ((rc = add_tensor(s, cap, e, ROLE_BIAS, l, "attn_q.bias", 1, Q, 1, 1, 0.0f, 0.1f)) ||
+             (rc = add_tensor(s, cap, e, ROLE_BIAS, l, "attn_k.bias", 1, KV, 1, 1, 0.0f, 0.1f)) ||
+             (rc = add_tensor(s, cap, e, ROLE_BIAS, l, "attn_v.bias", 1, KV, 1, 1, 0.0f, 0.1f))))
+            return rc;
+        if ((rc = add_tensor(s, cap, e, ROLE_O, l, "attn_output.weight", 2, Q, E, 1, 0.0f, branch / sqrtf((float)Q))) ||
             (rc = add_tensor(s, cap, e, ROLE_NORM, l, "ffn_norm.weight", 1, E, 1, 1, 1.0f, 0.05f)))
             return rc;
         const float down = branch / sqrtf((float)F);
@@ -332,32 +353,37 @@ int ess_synth_header(const ess_synth *s, ess_gguf_writer *w, ess_gguf *vocab, es
     int rc, quantized = 0;
     for (size_t i = 0; i < s->n_tensors; i++)
         if (ess_type_info(s->t[i].type)->blck > 1) quantized = 1;
+    const char *arch = ess_synth_arch_name(h->arch);
+    char key[64];
+    /* K("block_count") -> "<arch>.block_count", valid until the next K() */
+#define K(suffix) (snprintf(key, sizeof key, "%s.%s", arch, suffix), key)
 #define SET(call) do { if ((rc = (call))) return ess_fail(e, rc, "writing metadata: %s", ess_gguf_w_err(w)); } while (0)
-    SET(ess_gguf_w_set_str(w, "general.architecture", "llama"));
+    SET(ess_gguf_w_set_str(w, "general.architecture", arch));
     SET(ess_gguf_w_set_str(w, "general.name", h->name[0] ? h->name : "essaim synthetic"));
     SET(ess_gguf_w_set_u32(w, "general.file_type", s->ftype->file_type));
     if (quantized) SET(ess_gguf_w_set_u32(w, "general.quantization_version", 2));
     SET(ess_gguf_w_set_u64(w, "essaim.synth.seed", s->seed));
-    SET(ess_gguf_w_set_u32(w, "llama.vocab_size", h->n_vocab));
-    SET(ess_gguf_w_set_u32(w, "llama.context_length", h->n_ctx));
-    SET(ess_gguf_w_set_u32(w, "llama.embedding_length", h->n_embd));
-    SET(ess_gguf_w_set_u32(w, "llama.block_count", h->n_layer));
-    SET(ess_gguf_w_set_u32(w, "llama.feed_forward_length", h->n_ff));
-    SET(ess_gguf_w_set_u32(w, "llama.rope.dimension_count", h->head_dim));
-    SET(ess_gguf_w_set_u32(w, "llama.attention.head_count", h->n_head));
-    SET(ess_gguf_w_set_u32(w, "llama.attention.head_count_kv", h->n_head_kv));
-    SET(ess_gguf_w_set_f32(w, "llama.attention.layer_norm_rms_epsilon", h->rms_eps));
-    SET(ess_gguf_w_set_f32(w, "llama.rope.freq_base", h->rope_base));
+    SET(ess_gguf_w_set_u32(w, K("vocab_size"), h->n_vocab));
+    SET(ess_gguf_w_set_u32(w, K("context_length"), h->n_ctx));
+    SET(ess_gguf_w_set_u32(w, K("embedding_length"), h->n_embd));
+    SET(ess_gguf_w_set_u32(w, K("block_count"), h->n_layer));
+    SET(ess_gguf_w_set_u32(w, K("feed_forward_length"), h->n_ff));
+    SET(ess_gguf_w_set_u32(w, K("rope.dimension_count"), h->head_dim));
+    SET(ess_gguf_w_set_u32(w, K("attention.head_count"), h->n_head));
+    SET(ess_gguf_w_set_u32(w, K("attention.head_count_kv"), h->n_head_kv));
+    SET(ess_gguf_w_set_f32(w, K("attention.layer_norm_rms_epsilon"), h->rms_eps));
+    SET(ess_gguf_w_set_f32(w, K("rope.freq_base"), h->rope_base));
     /* llama.cpp derives head_dim as n_embd / n_head unless these say otherwise. */
     if ((uint64_t)h->head_dim * h->n_head != h->n_embd) {
-        SET(ess_gguf_w_set_u32(w, "llama.attention.key_length", h->head_dim));
-        SET(ess_gguf_w_set_u32(w, "llama.attention.value_length", h->head_dim));
+        SET(ess_gguf_w_set_u32(w, K("attention.key_length"), h->head_dim));
+        SET(ess_gguf_w_set_u32(w, K("attention.value_length"), h->head_dim));
     }
     if (h->n_expert) {
-        SET(ess_gguf_w_set_u32(w, "llama.expert_count", h->n_expert));
-        SET(ess_gguf_w_set_u32(w, "llama.expert_used_count", h->n_expert_used));
+        SET(ess_gguf_w_set_u32(w, K("expert_count"), h->n_expert));
+        SET(ess_gguf_w_set_u32(w, K("expert_used_count"), h->n_expert_used));
     }
 #undef SET
+#undef K
     if (vocab) {
         uint32_t nv;
         if ((rc = ess_synth_vocab_size(vocab, &nv, e))) return rc;

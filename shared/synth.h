@@ -1,4 +1,4 @@
-/* synth.h - synthetic llama-architecture models with seeded random weights.
+/* synth.h - synthetic llama- and qwen2-architecture models with seeded random weights.
  *
  * What it does: named presets (TinyLlama, Mistral 7B, Mistral Small 24B, a Mixtral-style
  * MoE) and explicit shapes; the tensor list with llama.cpp's names, shapes and per-tensor
@@ -9,7 +9,9 @@
  * 4 GB model streams through a few megabytes.
  *
  * What it does not do: any I/O (native/cmd_synth.c writes the file), other architectures
- * than "llama" (MoE is llama with expert_count, as llama.cpp reads Mixtral), training.
+ * than "llama" (MoE is llama with expert_count, as llama.cpp reads Mixtral) and "qwen2"
+ * (llama plus F32 q/k/v biases, NEOX rope in the reader; dense only: qwen2moe is another
+ * architecture), training.
  *
  * Weights: every row of every tensor comes from its own ess_rng stream seeded by (seed,
  * tensor name, row), so any row can be regenerated alone and the same seed always gives
@@ -35,6 +37,8 @@
 /* Built-in tokenizer: <unk>, <s>, </s> and the 256 byte tokens come first. */
 #define ESS_SYNTH_MIN_VOCAB 259
 
+typedef enum { ESS_SYNTH_ARCH_LLAMA = 0, ESS_SYNTH_ARCH_QWEN2 = 1 } ess_synth_arch;
+
 typedef struct {
     char name[64];            /* general.name */
     uint32_t n_layer;         /* llama.block_count */
@@ -49,7 +53,13 @@ typedef struct {
     float rope_base;          /* llama.rope.freq_base */
     float rms_eps;            /* llama.attention.layer_norm_rms_epsilon */
     int tied;                 /* no output.weight: llama.cpp reuses token_embd as LM head */
+    uint32_t arch;            /* ess_synth_arch; names the metadata keys (<arch>.block_count) */
 } ess_synth_shape;
+
+/* "llama" or "qwen2" (general.architecture), NULL for an unknown value. */
+const char *ess_synth_arch_name(uint32_t arch);
+/* ESS_SYNTH_ARCH_* for a name, or -1. */
+int ess_synth_arch_find(const char *name);
 
 /* Fills s with the preset's shape. Names: tinyllama-1.1b, mistral-7b, mistral-small-24b,
  * mixtral-mini. Returns 0 or ESS_ENOTFOUND (message lists the presets). */
@@ -112,7 +122,7 @@ int64_t ess_synth_find(const ess_synth *s, const char *name);
 /* Vocabulary size of a tokenizer GGUF (the length of tokenizer.ggml.tokens). */
 int ess_synth_vocab_size(ess_gguf *vocab, uint32_t *n, ess_err *e);
 
-/* Puts the whole header into w: general.* and llama.* keys, the tokenizer (copied from
+/* Puts the whole header into w: general.* and <arch>.* keys, the tokenizer (copied from
  * every tokenizer.* pair of `vocab`, whose size must equal shape.n_vocab, or the built-in
  * one when vocab is NULL) and every tensor of the table, in order. */
 int ess_synth_header(const ess_synth *s, ess_gguf_writer *w, ess_gguf *vocab, ess_err *e);

@@ -114,6 +114,8 @@ synth() {
 }
 TINY="--preset tinyllama-1.1b --layers 2 --embd 256 --heads 8 --kv-heads 2 --ff 512 --vocab-size 512 --ctx 256"
 MISTRAL="--preset mistral-small-24b --layers 2 --embd 256 --heads 4 --kv-heads 2 --head-dim 96 --ff 512 --vocab-size 512 --ctx 256"
+# qwen2: tinyllama's shape plus q/k/v biases and NEOX rope (issue 3 item 4)
+QWEN2="--preset tinyllama-1.1b --arch qwen2 --layers 2 --embd 256 --heads 8 --kv-heads 2 --ff 512 --vocab-size 512 --ctx 256"
 MIXTRAL="--preset mixtral-mini --layers 2 --embd 256 --heads 8 --kv-heads 2 --ff 256 --experts 4 --experts-used 2 --vocab-size 512 --ctx 256"
 if "$BIN" synth --help >/dev/null 2>&1; then
     TYPES="F32 F16 Q8_0 Q4_0 Q4_1 Q5_0 Q5_1 Q2_K Q3_K Q4_K Q5_K Q6_K Q4_K_M"
@@ -126,6 +128,7 @@ if "$BIN" synth --help >/dev/null 2>&1; then
         case $t in F32) tol=1e-3 ;; *) tol=1e-2 ;; esac
         synth mistral-small "$t" "$tol" $MISTRAL
         synth mixtral-mini "$t" "$tol" $MIXTRAL
+        synth qwen2 "$t" "$tol" $QWEN2
     done
 else
     echo "engine_vs_llama: essaim synth unavailable; synthetic models skipped"

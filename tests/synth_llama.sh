@@ -127,7 +127,8 @@ refuse "unknown type" "IQ4_XS" $TINY --type IQ4_XS
 refuse "kv heads not dividing heads" "n_head_kv" $TINY --kv-heads 3 --type Q8_0
 refuse "tiny built-in vocabulary" "259" $TINY --vocab-size 100 --type Q8_0
 refuse "experts used > experts" "n_expert_used" $TINY --experts 4 --experts-used 5 --type Q8_0
-refuse "other architecture" "only llama" $TINY --arch qwen2 --type Q8_0
+refuse "other architecture" "one of llama, qwen2" $TINY --arch gemma --type Q8_0
+refuse "qwen2 with experts" "qwen2moe" $TINY --arch qwen2 --experts 4 --type Q8_0
 if [ -f "$MODELS/vocab/ggml-vocab-llama-spm.gguf" ]; then
   refuse "vocab size against --vocab" "disagrees" $TINY --vocab "$MODELS/vocab/ggml-vocab-llama-spm.gguf" --type Q8_0
 fi

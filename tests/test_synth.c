@@ -13,7 +13,7 @@
 
 /* A small dense model: tinyllama's layout with shrunk dimensions. */
 static ess_synth_shape small_shape(void) {
-    ess_synth_shape s = {"small", 3, 256, 8, 2, 0, 512, 600, 0, 0, 256, 10000.0f, 1e-5f, 0};
+    ess_synth_shape s = {"small", 3, 256, 8, 2, 0, 512, 600, 0, 0, 256, 10000.0f, 1e-5f, 0, ESS_SYNTH_ARCH_LLAMA};
     return s;
 }
 
@@ -163,6 +163,84 @@ ESS_TEST(synth_presets_header_keys) {
     }
 }
 
+/* qwen2: the same layout under qwen2.* keys plus F32 1-D q/k/v biases of std 0.1, as
+ * llama.cpp's qwen2 loader requires (blk.N.attn_{q,k,v}.bias, sizes n_head*head_dim,
+ * n_head_kv*head_dim twice); no llama.* key may remain. Dense only. */
+ESS_TEST(synth_qwen2_keys_and_biases) {
+    ess_synth_shape sh = small_shape();
+    ess_synth s;
+    ess_err e = {0};
+    ESS_CHECK_EQ_INT(ess_synth_arch_find("qwen2"), ESS_SYNTH_ARCH_QWEN2);
+    ESS_CHECK_EQ_INT(ess_synth_arch_find("llama"), ESS_SYNTH_ARCH_LLAMA);
+    ESS_CHECK_EQ_INT(ess_synth_arch_find("qwen2moe"), -1);
+    sh.arch = ESS_SYNTH_ARCH_QWEN2;
+    sh.n_expert = 4;
+    sh.n_expert_used = 2;
+    ESS_CHECK_EQ_INT(ess_synth_init(&s, &sh, ess_synth_ftype_find("Q8_0"), 5, &e), ESS_EINVAL);
+    ESS_CHECK(strstr(e.msg, "qwen2"));
+    sh.n_expert = sh.n_expert_used = 0;
+    sh.arch = 7;
+    ESS_CHECK_EQ_INT(ess_synth_init(&s, &sh, ess_synth_ftype_find("Q8_0"), 5, &e), ESS_EINVAL);
+    sh.arch = ESS_SYNTH_ARCH_QWEN2;
+    ESS_CHECK_MSG(ess_synth_init(&s, &sh, ess_synth_ftype_find("Q8_0"), 5, &e) == 0, "%s", e.msg);
+    uint64_t len = 0;
+    uint8_t *buf = build_file(&s, NULL, &len);
+    ESS_CHECK(buf != NULL);
+    ess_gguf g;
+    ESS_CHECK_MSG(ess_gguf_parse(&g, buf, len, len) == 0, "%s", g.err.msg);
+    ess_str arch;
+    ESS_CHECK(ess_gguf_get_str(&g, "general.architecture", &arch) == 0 && arch.n == 5 && !memcmp(arch.p, "qwen2", 5));
+    ESS_CHECK_EQ_INT(get_u32(&g, "qwen2.block_count"), 3);
+    ESS_CHECK_EQ_INT(get_u32(&g, "qwen2.embedding_length"), 256);
+    ESS_CHECK_EQ_INT(get_u32(&g, "qwen2.feed_forward_length"), 512);
+    ESS_CHECK_EQ_INT(get_u32(&g, "qwen2.context_length"), 256);
+    ESS_CHECK_EQ_INT(get_u32(&g, "qwen2.attention.head_count"), 8);
+    ESS_CHECK_EQ_INT(get_u32(&g, "qwen2.attention.head_count_kv"), 2);
+    float f;
+    ESS_CHECK(ess_gguf_get_f32(&g, "qwen2.rope.freq_base", &f) == 0 && f == 10000.0f);
+    ESS_CHECK(ess_gguf_get_f32(&g, "qwen2.attention.layer_norm_rms_epsilon", &f) == 0 && f == 1e-5f);
+    for (uint64_t i = 0; i < g.n_kv; i++) ESS_CHECK(g.kv[i].key.n < 6 || memcmp(g.kv[i].key.p, "llama.", 6));
+    /* token_embd + 12 per layer (9 + 3 biases) + output_norm + output */
+    ESS_CHECK_EQ_INT(g.n_tensors, 3 + 3 * 12);
+    static const char *const bias[3] = {"attn_q.bias", "attn_k.bias", "attn_v.bias"};
+    static const int64_t bias_n[3] = {256, 64, 64};
+    float vals[256];
+    for (int l = 0; l < 3; l++)
+        for (int b = 0; b < 3; b++) {
+            char name[64];
+            snprintf(name, sizeof name, "blk.%d.%s", l, bias[b]);
+            int64_t ti = ess_gguf_find_tensor(&g, name);
+            ESS_CHECK_MSG(ti >= 0, "%s missing", name);
+            const ess_gguf_tensor *t = &g.tensors[ti];
+            ESS_CHECK(t->type == ESS_TYPE_F32 && t->n_dims == 1 && t->ne[0] == bias_n[b]);
+            /* The stored values: mean 0, std 0.1 (Irwin-Hall |z| < 3.47). */
+            ESS_CHECK(t->data != NULL);
+            memcpy(vals, t->data, (size_t)bias_n[b] * 4);
+            double sum = 0, sq = 0, mx = 0;
+            for (int64_t j = 0; j < bias_n[b]; j++) {
+                sum += vals[j];
+                sq += (double)vals[j] * vals[j];
+                if (fabs(vals[j]) > mx) mx = fabs(vals[j]);
+            }
+            double mean = sum / (double)bias_n[b], sd = sqrt(sq / (double)bias_n[b] - mean * mean);
+            ESS_CHECK_NEAR(mean, 0.0, 0.04);
+            ESS_CHECK_NEAR(sd, 0.1, 0.03);
+            ESS_CHECK(mx < 0.347 && mx > 0.0);
+            ESS_CHECK_EQ_INT(layer_type(&s, l, bias[b]), ESS_TYPE_F32);
+        }
+    ESS_CHECK_EQ_INT(layer_type(&s, 0, "attn_q.weight"), ESS_TYPE_Q8_0);
+    /* The weights shared with llama come from the same (seed, name, row) streams. */
+    ess_synth ls;
+    sh.arch = ESS_SYNTH_ARCH_LLAMA;
+    ESS_CHECK_EQ_INT(ess_synth_init(&ls, &sh, ess_synth_ftype_find("Q8_0"), 5, &e), 0);
+    ESS_CHECK_EQ_INT(ls.n_tensors, 3 + 3 * 9);
+    ESS_CHECK(ess_synth_find(&ls, "blk.0.attn_q.bias") < 0);
+    ess_gguf_free(&g);
+    free(buf);
+    ess_synth_free(&ls);
+    ess_synth_free(&s);
+}
+
 /* llama.cpp's Q4_K_M: attn_v and ffn_down get Q6_K on layers i < n/8, i >= 7n/8 and
  * (i - n/8) % 3 == 2; for 22 layers that is {0,1,4,7,10,13,16,19,20,21}. */
 ESS_TEST(synth_q4_k_m_mix_tinyllama) {
@@ -246,7 +324,7 @@ ESS_TEST(synth_fallbacks) {
     ESS_CHECK_EQ_INT(ess_synth_fallback(ESS_TYPE_Q8_0, 160), ESS_TYPE_Q8_0);
     ESS_CHECK_EQ_INT(ess_synth_fallback(ESS_TYPE_F32, 7), ESS_TYPE_F32);
 
-    ess_synth_shape sh = {"stories-like", 5, 64, 8, 4, 0, 172, 512, 0, 0, 256, 10000.0f, 1e-5f, 0};
+    ess_synth_shape sh = {"stories-like", 5, 64, 8, 4, 0, 172, 512, 0, 0, 256, 10000.0f, 1e-5f, 0, 0};
     ess_synth s;
     ess_err e = {0};
     ESS_CHECK_EQ_INT(ess_synth_init(&s, &sh, ess_synth_ftype_find("Q4_K_M"), 1, &e), 0);
@@ -268,8 +346,8 @@ ESS_TEST(synth_fallbacks) {
  * force fallbacks, and its zero-padded 256-wide twin): every tensor's type agrees. */
 ESS_TEST(synth_q4_k_m_matches_llama_quantize) {
     static const struct { const char *file; ess_synth_shape sh; } cases[] = {
-        {"stories260K-Q4_K_M.gguf", {"s", 5, 64, 8, 4, 0, 172, 512, 0, 0, 256, 10000.0f, 1e-5f, 0}},
-        {"stories260K-pad256-Q4_K_M.gguf", {"s", 5, 256, 32, 16, 8, 256, 512, 0, 0, 256, 10000.0f, 1e-5f, 0}},
+        {"stories260K-Q4_K_M.gguf", {"s", 5, 64, 8, 4, 0, 172, 512, 0, 0, 256, 10000.0f, 1e-5f, 0, 0}},
+        {"stories260K-pad256-Q4_K_M.gguf", {"s", 5, 256, 32, 16, 8, 256, 512, 0, 0, 256, 10000.0f, 1e-5f, 0, 0}},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const char *path = ess_test_model(cases[c].file);
