@@ -182,16 +182,25 @@ test('screenshots of the three pages at 360x740 and 1280x800', { skip }, async (
     // The page first stores a new empty conversation of its own: let it, then replace it.
     for (let i = 0; i < 100 && !await p.evaluate(async () => (await import('/js/store.js')).getSetting('conversation')); i++)
       await p.waitForTimeout(50);
-    await p.evaluate(async () => {
-      const store = await import('/js/store.js');
-      await store.putConversation({ id: 'demo', title: 'demo', messages: [
-        { role: 'user', content: 'Tell me a short story about a cat.' },
-        { role: 'assistant', content: 'Once upon a time, there was a little cat named Tom. Tom liked to sit in the sun by the window. One day, he saw a bird outside and wanted to play with it.' },
-        { role: 'user', content: 'What happened next?' }] });
-      await store.setSetting('conversation', 'demo');
-    });
-    await p.reload();
-    await p.waitForSelector('.msg.assistant');
+    // The page's own first save can still land after ours: store, reload, and try again
+    // (a few times at most) until the stored conversation is what the page shows.
+    for (let attempt = 0; ; attempt++) {
+      await p.evaluate(async () => {
+        const store = await import('/js/store.js');
+        await store.putConversation({ id: 'demo', title: 'demo', messages: [
+          { role: 'user', content: 'Tell me a short story about a cat.' },
+          { role: 'assistant', content: 'Once upon a time, there was a little cat named Tom. Tom liked to sit in the sun by the window. One day, he saw a bird outside and wanted to play with it.' },
+          { role: 'user', content: 'What happened next?' }] });
+        await store.setSetting('conversation', 'demo');
+      });
+      await p.reload();
+      try {
+        await p.waitForSelector('.msg.assistant', { timeout: 5000 });
+        break;
+      } catch (err) {
+        if (attempt >= 3) throw err;
+      }
+    }
     await p.waitForTimeout(300);
     await p.screenshot({ path: join(artifacts, `chat-${w}x${h}.png`), fullPage: false });
     await p.close();
