@@ -97,7 +97,7 @@ typedef struct {
     pthread_t dl_thread;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    job *todo, *done;       /* guarded by mu */
+    job *queue, *done;      /* downloads waiting, and finished; guarded by mu */
     char downloading[65];   /* guarded by mu: the fragment in flight, "" when idle */
     volatile int stop;      /* set by signals: every loop winds down */
     int dl_started;
@@ -467,10 +467,10 @@ static void *dl_main(void *arg) {
     node *nd = arg;
     pthread_mutex_lock(&nd->mu);
     for (;;) {
-        while (!nd->todo && !nd->stop) pthread_cond_wait(&nd->cv, &nd->mu);
+        while (!nd->queue && !nd->stop) pthread_cond_wait(&nd->cv, &nd->mu);
         if (nd->stop) break;
-        job *j = nd->todo;
-        nd->todo = j->next;
+        job *j = nd->queue;
+        nd->queue = j->next;
         snprintf(nd->downloading, sizeof nd->downloading, "%s", j->id);
 
         char token[256];
@@ -518,7 +518,7 @@ static void *dl_main(void *arg) {
 /* Is fragment hex queued, in flight or held? (mu held) */
 static int dl_known(node *nd, const char *hex, const uint8_t id[32]) {
     if (find_held(nd, id) || !strcmp(nd->downloading, hex)) return 1;
-    for (job *j = nd->todo; j; j = j->next)
+    for (job *j = nd->queue; j; j = j->next)
         if (!strcmp(j->id, hex)) return 1;
     for (job *j = nd->done; j; j = j->next)
         if (!strcmp(j->id, hex)) return 1;
@@ -528,7 +528,7 @@ static int dl_known(node *nd, const char *hex, const uint8_t id[32]) {
 /* Bytes promised to fragments queued or in flight (mu held). */
 static uint64_t dl_pending_bytes(node *nd) {
     uint64_t b = 0;
-    for (job *j = nd->todo; j; j = j->next) b += j->size;
+    for (job *j = nd->queue; j; j = j->next) b += j->size;
     return b;
 }
 
@@ -649,7 +649,7 @@ static void on_assign(node *nd, json_t *j) {
         if (!jb) break;
         snprintf(jb->id, sizeof jb->id, "%s", id);
         jb->size = size;
-        job **tail = &nd->todo;
+        job **tail = &nd->queue;
         while (*tail) tail = &(*tail)->next;
         *tail = jb;
         promised += size;
@@ -933,7 +933,7 @@ out:
     if (nd.dl_started) pthread_join(nd.dl_thread, NULL);
     ess_relay_client_free(nd.rc);
     work_clear(&nd);
-    for (job *j = nd.todo; j;) { job *n = j->next; free(j); j = n; }
+    for (job *j = nd.queue; j;) { job *n = j->next; free(j); j = n; }
     for (job *j = nd.done; j;) { job *n = j->next; free(j); j = n; }
     for (uint32_t i = 0; i < nd.n_held; i++) held_close(&nd.held[i]);
     free(nd.held);
