@@ -23,7 +23,7 @@ static void usage(FILE *f) {
             "  -t, --threads T    threads (default: all CPUs)\n"
             "  -p N               prompt tokens for the prefill test (default 128)\n"
             "  -n N               tokens for the decode test (default 64)\n"
-            "  -r, --reps N       repetitions, the best is kept (default 1)\n"
+            "  -r, --reps N       repetitions, the best is kept, for llama.cpp too (default 1)\n"
             "  --kv-type f32|f16  KV cache type (default f32)\n"
             "  --no-ref           do not run llama.cpp\n"
             "llama.cpp runs through tests/ref/ref.mjs when tests/ref/node_modules exists\n"
@@ -67,9 +67,11 @@ static const char *find_ref(char *buf, size_t cap) {
 }
 
 /* Runs llama.cpp's bench; fills pp/tg tokens/s. 0 or -1. */
-static int ref_bench(const char *ref, const char *model, int threads, int pp, int tg, double *pp_tps, double *tg_tps) {
+static int ref_bench(const char *ref, const char *model, int threads, int pp, int tg, int reps, double *pp_tps,
+                     double *tg_tps) {
     char cmd[PATH_MAX * 2 + 200];
-    snprintf(cmd, sizeof cmd, "node '%s' --model '%s' --bench --pp %d --tg %d --threads %d 2>/dev/null", ref, model, pp, tg, threads);
+    snprintf(cmd, sizeof cmd, "node '%s' --model '%s' --bench --pp %d --tg %d --threads %d --reps %d 2>/dev/null", ref, model,
+             pp, tg, threads, reps);
     FILE *p = popen(cmd, "r");
     if (!p) return -1;
     static char out[1 << 16];
@@ -165,7 +167,7 @@ int ess_cmd_bench(int argc, char **argv) {
     const char *ref = no_ref ? NULL : find_ref(rb, sizeof rb);
     double rpp, rtg;
     if (!ref) printf("llama.cpp (not run: %s)\n", no_ref ? "--no-ref" : "tests/ref/node_modules not found; run tests/ref/setup.sh");
-    else if (ref_bench(ref, model, (int)threads, (int)pp, (int)tg, &rpp, &rtg)) printf("llama.cpp (failed to run %s)\n", ref);
+    else if (ref_bench(ref, model, (int)threads, (int)pp, (int)tg, (int)reps, &rpp, &rtg)) printf("llama.cpp (failed to run %s)\n", ref);
     else {
         printf("llama.cpp prefill %4ld tokens: %9.2f tok/s   decode %4ld tokens: %8.2f tok/s\n", pp, rpp, tg, rtg);
         printf("ratio     prefill %.2fx   decode %.2fx   (essaim / llama.cpp)\n", best_pp / rpp, best_tg / rtg);

@@ -120,54 +120,74 @@ void ess_exec_parallel(ess_exec *x, void (*fn)(void *arg, int ith, int nth), voi
         else sched_yield();
 }
 
-/* ---- a round: the rows of all requests laid end to end, cut in nth contiguous shares */
+/* ---- a round: each request's rows cut in chunks that the threads take in turn */
 
 typedef struct {
     const ess_kernels *k;
     const uint8_t *const *frag_data;
     ess_request *reqs;
     int n;
-    uint64_t total;
+    uint64_t chunk;     /* units per chunk: a multiple of 8, so 8-row tiles stay whole */
+    atomic_ullong next; /* the next chunk to take, counting through the requests in order */
 } round_job;
 
 static uint64_t units(const ess_request *r) { return r->kind == ESS_REQ_ROWS ? (uint64_t)r->n_tok : r->r1 - r->r0; }
 
+static void run_range(const round_job *j, const ess_request *r, uint64_t lo, uint64_t hi) {
+    const uint8_t *w = j->frag_data[r->frag] + r->w_offset;
+    if (r->kind == ESS_REQ_ROWS) {
+        ess_getrows(j->k, r->wtype, w, r->ne0, r->r0, r->rows + lo, (int)(hi - lo), r->out + lo * r->out_stride, r->out_stride);
+    } else {
+        const size_t wrow = (size_t)ess_row_size(r->wtype, r->ne0);
+        ess_matmul_ex(j->k, r->wtype, (ess_matmul_mode)r->mm_mode, w + lo * wrow, r->ne0, (int64_t)(hi - lo), r->act,
+                      r->n_tok, r->out + lo, r->out_stride);
+    }
+}
+
+/* Chunks are taken, not dealt: rows of different types cost different times (a Q6_K row
+ * several Q4_K rows in a Q4_K_M prefill), so fixed shares left one thread waiting. Every
+ * output is computed the same way whoever takes its chunk. */
 static void run_share(void *arg, int ith, int nth) {
+    (void)ith, (void)nth;
     round_job *j = arg;
-    const uint64_t a = j->total * (uint64_t)ith / (uint64_t)nth, b = j->total * (uint64_t)(ith + 1) / (uint64_t)nth;
-    uint64_t base = 0;
-    for (int i = 0; i < j->n && base < b; i++) {
-        ess_request *r = &j->reqs[i];
-        const uint64_t u = units(r);
-        const uint64_t lo = a > base ? a - base : 0, hi = b - base < u ? b - base : u;
-        base += u;
-        if (lo >= hi) continue;
-        const uint8_t *w = j->frag_data[r->frag] + r->w_offset;
-        if (r->kind == ESS_REQ_ROWS) {
-            ess_getrows(j->k, r->wtype, w, r->ne0, r->r0, r->rows + lo, (int)(hi - lo), r->out + lo * r->out_stride, r->out_stride);
-        } else {
-            const size_t wrow = (size_t)ess_row_size(r->wtype, r->ne0);
-            ess_matmul_ex(j->k, r->wtype, (ess_matmul_mode)r->mm_mode, w + lo * wrow, r->ne0, (int64_t)(hi - lo), r->act, r->n_tok, r->out + lo, r->out_stride);
+    int i = 0;
+    uint64_t first = 0; /* the chunk where request i starts */
+    for (;;) {
+        const uint64_t c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
+        while (i < j->n && c >= first + (units(&j->reqs[i]) + j->chunk - 1) / j->chunk) {
+            first += (units(&j->reqs[i]) + j->chunk - 1) / j->chunk;
+            i++;
         }
+        if (i == j->n) return;
+        const uint64_t lo = (c - first) * j->chunk, u = units(&j->reqs[i]);
+        run_range(j, &j->reqs[i], lo, lo + j->chunk < u ? lo + j->chunk : u);
     }
 }
 
 int ess_exec_round(ess_exec *x, const ess_kernels *k, const uint8_t *const *frag_data, ess_request *reqs, int n,
                    char *err, size_t errlen) {
-    round_job j = {k, frag_data, reqs, n, 0};
-    uint64_t work = 0; /* multiply-adds (or dequantized elements) in the round */
+    round_job j = {.k = k, .frag_data = frag_data, .reqs = reqs, .n = n};
+    uint64_t work = 0, total = 0; /* multiply-adds (or dequantized elements); units */
     for (int i = 0; i < n; i++) {
         if (!frag_data[reqs[i].frag]) {
             snprintf(err, errlen, "fragment %u (tensor %u rows %llu..%llu) is not available locally", reqs[i].frag,
                      reqs[i].tensor, (unsigned long long)reqs[i].r0, (unsigned long long)reqs[i].r1);
             return -1;
         }
-        j.total += units(&reqs[i]);
+        total += units(&reqs[i]);
         work += units(&reqs[i]) * (uint64_t)reqs[i].ne0 * (uint64_t)(reqs[i].kind == ESS_REQ_ROWS ? 1 : reqs[i].n_tok);
     }
+    atomic_init(&j.next, 0);
     /* A small round (an embedding row, a tiny model) costs less than waking the pool. */
-    if (work < MIN_PARALLEL_WORK || j.total < 2 || x->n == 1) run_share(&j, 0, 1);
-    else ess_exec_parallel(x, run_share, &j);
+    if (work < MIN_PARALLEL_WORK || total < 2 || x->n == 1) {
+        j.chunk = UINT64_MAX / 2; /* one chunk per request */
+        run_share(&j, 0, 1);
+    } else {
+        /* about eight chunks per thread: enough to even out, few enough to keep tiles long */
+        const uint64_t per = total / ((uint64_t)x->n * 8);
+        j.chunk = per < 8 ? 8 : (per + 7) / 8 * 8;
+        ess_exec_parallel(x, run_share, &j);
+    }
     return 0;
 }
 

@@ -479,7 +479,8 @@ static void add_bias(float *x, const float *b, int n_tok, size_t n) {
         for (size_t i = 0; i < n; i++) x[(size_t)t * n + i] += b[i];
 }
 
-/* Attention of the batch's (token, head) pairs, cut in nth contiguous shares. */
+/* Attention of the batch's (token, head) pairs, dealt round-robin: under the causal mask
+ * token t costs t positions, so contiguous shares gave the last thread most of the work. */
 typedef struct {
     ess_driver *d;
     const ess_kv_layer *kv;
@@ -492,13 +493,12 @@ static void attn_share(void *arg, int ith, int nth) {
     const ess_model *m = d->m;
     const size_t nq = (size_t)m->n_head * m->head_dim_k, no = (size_t)m->n_head * m->head_dim_v;
     const int units = d->n_tok * m->n_head;
-    const int a = (int)((int64_t)units * ith / nth), b = (int)((int64_t)units * (ith + 1) / nth);
     /* ops.c follows llama.cpp's attention arithmetic, which differs between a token
      * evaluated alone and one of a batch (the P*V product goes through tinyBLAS then); a
      * last-bit difference here can tip the rounding of the quantized activations after. */
     const int batch = d->n_tok > 1;
     float *scores = d->scores + (size_t)ith * d->o.n_ctx;
-    for (int u = a; u < b; u++) {
+    for (int u = ith; u < units; u += nth) {
         const int t = u / m->n_head, h = u % m->n_head;
         ess_attention_heads(d->att + t * no, d->q + t * nq, j->kv, m->n_head, h, h + 1, d->pos + t, m->sliding_window,
                             j->scale, scores, batch, d->k->isa);

@@ -25,7 +25,7 @@ void ess_matmul(const ess_kernels *k, uint32_t wtype, const void *w, int64_t ne0
     /* Q8_0 prefill: VNNI register tiles when the CPU has them (bit-identical to the dots;
      * decode stays on the single-token dot, which is faster for one token) */
 #if defined(__x86_64__)
-    if (k->isa == ESS_ISA_AVX2 && wtype == ESS_TYPE_Q8_0 &&
+    if (k->vnni && wtype == ESS_TYPE_Q8_0 &&
         ess_matmul_q8_0_tile_avx2(w, ne0, n_rows, act, n_tok, out, out_stride))
         return;
 #endif
@@ -75,6 +75,7 @@ typedef struct {
     ess_vec_dot_fn gemv, gemm; /* one token */
     ess_dot4_fn gemm4;         /* four gemm tokens, or NULL */
     repack_tile_fn tile8;      /* eight rows by four gemm tokens, or NULL */
+    repack_tile_fn tile8x8;    /* eight rows by eight gemm tokens, or NULL */
 } repack_dots;
 
 /* The dots of a repacked type on this build, or 0 when it keeps its vec_dot. */
@@ -102,6 +103,7 @@ static int repack_dots_for(const ess_kernels *k, uint32_t wtype, repack_dots *d)
             d->gemv = ess_vec_dot_q4_K_q8_K_gemv_avx2;
             d->gemm4 = ess_dot4_q4_K_q8_K_gemm_avx2;
             d->tile8 = ess_tile8_q4_K_q8_K_gemm_avx2;
+            if (k->vnni) d->tile8x8 = ess_tile8x8_q4_K_q8_K_gemm_vnni;
             break;
         case ESS_TYPE_Q2_K:
             d->gemv = ess_vec_dot_q2_K_q8_K_gemv_avx2;
@@ -133,6 +135,10 @@ void ess_matmul_ex(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode, c
             const int t1 = t0 + TOK_TILE < n_tok ? t0 + TOK_TILE : n_tok;
             /* whole 8-row tiles: all gemm groups at once, lanes across the rows */
             int tt = t0;
+            if (d.tile8x8 && r1 - r0 == 8)
+                for (; tt + 8 <= t1 && tt + 8 <= n_gemm; tt += 8)
+                    d.tile8x8((int)ne0, out + (size_t)tt * out_stride + r0, out_stride, wb + (size_t)r0 * wrow, wrow,
+                              ab + (size_t)tt * arow, arow);
             if (d.tile8 && r1 - r0 == 8)
                 for (; tt + 4 <= t1 && tt + 4 <= n_gemm; tt += 4)
                     d.tile8((int)ne0, out + (size_t)tt * out_stride + r0, out_stride, wb + (size_t)r0 * wrow, wrow,

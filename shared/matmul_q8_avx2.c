@@ -17,30 +17,14 @@
  * ess_vec_dot_q8_0_q8_0_avx2 whatever the tile shape.
  *
  * What it does not do: threads (the caller splits rows), other types, CPUs without
- * AVX512-VL/VNNI (it then returns 0 and computes nothing). No state, no allocation. */
+ * AVX512-VL/VNNI (the caller checks ess_kernels.vnni). No state, no allocation. */
 #include "matmul.h"
 
 #if defined(__x86_64__) && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 
-#include <cpuid.h>
 #include <immintrin.h>
 
 #define VNNI __attribute__((target("avx512f,avx512vl,avx512bw,avx512vnni")))
-
-/* AVX512F, VL, BW and VNNI, with the OS saving the opmask and all 32 vector registers
- * (XCR0 bits 1, 2, 5, 6, 7). Asked on every call rather than cached: the core keeps no
- * mutable globals, and one cpuid per matrix product is noise next to the product. */
-static int have_vnni(void) {
-    unsigned a, b, c, d;
-    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
-    if (!((c >> 27) & 1)) return 0; /* OSXSAVE */
-    unsigned lo, hi;
-    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-    if ((lo & 0xE6) != 0xE6) return 0;
-    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
-    const int f = (b >> 16) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1, vnni = (c >> 11) & 1;
-    return f && bw && vl && vnni;
-}
 
 /* high half + low half, then pairs: the reduction of ggml's hsum_float_8 */
 static inline VNNI float hsum_hi_lo(__m256 x) {
@@ -135,12 +119,11 @@ static VNNI void tile_1xT(int tb, const uint8_t *w, size_t wrow, const uint8_t *
 
 /* out[t*out_stride + r] = dot(row r of w, activation row t) for r < n_rows, t < n_tok, w
  * being Q8_0 rows of ne0 elements and act Q8_0 rows of ne0 elements (ne0 % 32 == 0,
- * checked by the caller as for ess_matmul). Returns 1 when done, 0 (nothing written) when
- * the CPU lacks AVX512-VL/VNNI: the caller then uses the dot kernels, which give the
- * same bits. */
+ * checked by the caller as for ess_matmul). Only for CPUs with AVX512-VL/VNNI (the caller
+ * checks ess_kernels.vnni; without them the dot kernels give the same bits). Returns 1
+ * when done, 0 (nothing written) in builds without AVX2. */
 VNNI int ess_matmul_q8_0_tile_avx2(const void *w, int64_t ne0, int64_t n_rows, const void *act, int n_tok,
                                    float *out, size_t out_stride) {
-    if (!have_vnni()) return 0;
     const int nb = (int)(ne0 / ESS_QK8_0);
     const size_t row = (size_t)nb * sizeof(ess_block_q8_0);
     const uint8_t *wb = w, *ab = act;

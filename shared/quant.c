@@ -188,6 +188,20 @@ ess_isa ess_cpu_isa(void) {
 #endif
 }
 
+int ess_cpu_has_vnni(void) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+    if (ess_cpu_isa() != ESS_ISA_AVX2) return 0;
+    /* XCR0 bits 5, 6, 7: opmask, upper halves of zmm0-15, zmm16-31 */
+    if ((xgetbv0() & 0xE6) != 0xE6) return 0;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    const int f = (b >> 16) & 1, bw = (b >> 30) & 1, vl = (b >> 31) & 1, vnni = (c >> 11) & 1;
+    return f && bw && vl && vnni;
+#else
+    return 0;
+#endif
+}
+
 /* ---- dispatch ---- */
 
 void ess_kernels_init(ess_kernels *k, ess_isa isa) {
@@ -206,6 +220,7 @@ void ess_kernels_init(ess_kernels *k, ess_isa isa) {
 #if defined(__x86_64__)
     if (isa == ESS_ISA_AVX2) {
         k->isa = ESS_ISA_AVX2;
+        k->vnni = ess_cpu_has_vnni();
         ess_quant_legacy_install_avx2(k);
         ess_quant_k_install_avx2(k);
     }

@@ -168,9 +168,12 @@ typedef enum { ESS_ISA_SCALAR = 0, ESS_ISA_AVX2 = 1, ESS_ISA_SIMD128 = 2 } ess_i
 /* The best ISA this CPU runs (cpuid on x86: AVX2+FMA+F16C and OS-enabled YMM state;
  * SIMD128 in the wasm build). Never AMX, never AVX-512. */
 ess_isa ess_cpu_isa(void);
+/* AVX512-F/VL/BW/VNNI with the OS saving the opmask and all 32 vector registers. */
+int ess_cpu_has_vnni(void);
 
 typedef struct {
     ess_isa isa;
+    int vnni; /* AVX2 builds: the CPU also runs AVX512-VL/BW/VNNI (prefill tiles use it) */
     ess_to_float_fn to_float[ESS_TYPE_COUNT];
     ess_from_float_fn from_float[ESS_TYPE_COUNT]; /* quantize activations */
     ess_vec_dot_fn vec_dot[ESS_TYPE_COUNT];      /* indexed by weight type */

@@ -72,6 +72,8 @@ void ess_dot4_q4_K_q8_K_gemm_avx2(int n, float *s, const void *w, const void *a,
  * each output with the bits of the single-row gemm form above. */
 void ess_tile8_q4_0_q8_0_rp_avx2(int n, float *s, size_t s_stride, const void *w, size_t wrow, const void *a, size_t arow);
 void ess_tile8_q4_K_q8_K_gemm_avx2(int n, float *s, size_t s_stride, const void *w, size_t wrow, const void *a, size_t arow);
+/* eight rows by eight tokens, AVX512-VL/VNNI (only when ess_kernels.vnni) */
+void ess_tile8x8_q4_K_q8_K_gemm_vnni(int n, float *s, size_t s_stride, const void *w, size_t wrow, const void *a, size_t arow);
 void ess_vec_dot_q2_K_q8_K_gemv_avx2(int n, float *s, const void *w, const void *a);
 void ess_vec_dot_q2_K_q8_K_gemm_avx2(int n, float *s, const void *w, const void *a);
 #endif

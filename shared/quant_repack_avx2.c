@@ -202,6 +202,70 @@ static inline __m256i pick16(__m256i v, int k0, int k1) {
     return _mm256_shuffle_epi8(v, ctrl);
 }
 
+/* What both Q4_K tiles below need of block i of eight rows (wrow bytes apart), with lane
+ * r of every vector for row r: the 6-bit scales of sub-blocks 0..3 and 4..7 (one byte
+ * each per 4-byte lane), the mins laid out for madd against the activation sums, and d,
+ * dmin as floats (exact conversions, as h2f). */
+typedef struct {
+    __m256i sc0, sc1, mp[4];
+    __m256 dw, mw;
+} q4k_tile_head;
+
+static inline __attribute__((always_inline)) void q4k_tile_head_load(q4k_tile_head *th, const ess_block_q4_K *const x[8]) {
+    const __m256i m4 = _mm256_set1_epi8(0x0F), m6 = _mm256_set1_epi8(0x3F), m2 = _mm256_set1_epi8(0x03);
+    /* the first 16 bytes of each block (d, dmin, 12 scale bytes) transposed in 4-byte
+     * units: lane r of h[k] = bytes 4k..4k+3 of row r's block */
+    __m256i h[4], y4[4];
+    for (int k = 0; k < 4; k++)
+        y4[k] = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)x[k + 4]), _mm_loadu_si128((const __m128i *)x[k]));
+    const __m256i u0 = _mm256_unpacklo_epi32(y4[0], y4[1]), u1 = _mm256_unpackhi_epi32(y4[0], y4[1]);
+    const __m256i u2 = _mm256_unpacklo_epi32(y4[2], y4[3]), u3 = _mm256_unpackhi_epi32(y4[2], y4[3]);
+    h[0] = _mm256_unpacklo_epi64(u0, u2), h[1] = _mm256_unpackhi_epi64(u0, u2);
+    h[2] = _mm256_unpacklo_epi64(u1, u3), h[3] = _mm256_unpackhi_epi64(u1, u3);
+    /* q4k_scales_mins for eight rows */
+    th->sc0 = _mm256_and_si256(h[1], m6);
+    th->sc1 = _mm256_or_si256(_mm256_and_si256(h[3], m4), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(h[1], 6), m2), 4));
+    const __m256i mn0 = _mm256_and_si256(h[2], m6);
+    const __m256i mn1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(h[3], 4), m4), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(h[2], 6), m2), 4));
+    const __m256i dh = _mm256_permute4x64_epi64(
+        _mm256_packus_epi32(_mm256_and_si256(h[0], _mm256_set1_epi32(0xFFFF)), _mm256_srli_epi32(h[0], 16)), 0xD8);
+    th->dw = _mm256_cvtph_ps(_mm256_castsi256_si128(dh)), th->mw = _mm256_cvtph_ps(_mm256_extracti128_si256(dh, 1));
+    /* i16 lanes 2r, 2r+1: row r's mins of sub-blocks 2j, 2j+1 */
+    for (int j = 0; j < 4; j++) th->mp[j] = pick16(j < 2 ? mn0 : mn1, 2 * (j & 1), 2 * (j & 1) + 1);
+}
+
+/* One token's block: its scale product for the chunk sums (returned) and the min terms
+ * fused into accm, in the order of ess_dot4_q4_K_q8_K_gemm_avx2. */
+static inline __attribute__((always_inline)) __m256 q4k_tile_token(const q4k_tile_head *th, const ess_block_q8_K *y, __m256 *accm) {
+    /* i32 lane j: the 32-element activation sums of sub-blocks 2j, 2j+1 as two i16, as
+     * q4k_mins_dot forms them; lane r of the madd is then row r's mins of chunk j */
+    const __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsums);
+    const __m128i bs32 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
+    const __m256i mj[4] = {_mm256_madd_epi16(th->mp[0], _mm256_broadcastd_epi32(bs32)),
+                           _mm256_madd_epi16(th->mp[1], _mm256_broadcastd_epi32(_mm_shuffle_epi32(bs32, 0x55))),
+                           _mm256_madd_epi16(th->mp[2], _mm256_broadcastd_epi32(_mm_shuffle_epi32(bs32, 0xAA))),
+                           _mm256_madd_epi16(th->mp[3], _mm256_broadcastd_epi32(_mm_shuffle_epi32(bs32, 0xFF)))};
+    const __m256 dm = _mm256_mul_ps(th->mw, _mm256_set1_ps(y->d));
+    for (int j = 0; j < 4; j++) *accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mj[j]), dm, *accm);
+    return _mm256_mul_ps(th->dw, _mm256_set1_ps(y->d));
+}
+
+/* 8x8 transpose of 4-byte units of chunk j's quants: lane r of w[e] = bytes 4e..4e+3 of
+ * row r's chunk (low nibbles: elements 4e..4e+3 of sub-block 2j; high: of 2j+1) */
+static inline __attribute__((always_inline)) void q4k_tile_chunk(__m256i w[8], const ess_block_q4_K *const x[8], int j) {
+    __m256i q[8], u[8];
+    for (int r = 0; r < 8; r++) q[r] = _mm256_loadu_si256((const __m256i *)(x[r]->qs + 32 * j));
+    for (int r = 0; r < 8; r += 2) u[r] = _mm256_unpacklo_epi32(q[r], q[r + 1]), u[r + 1] = _mm256_unpackhi_epi32(q[r], q[r + 1]);
+    for (int r = 0; r < 8; r += 4) {
+        q[r] = _mm256_unpacklo_epi64(u[r], u[r + 2]), q[r + 1] = _mm256_unpackhi_epi64(u[r], u[r + 2]);
+        q[r + 2] = _mm256_unpacklo_epi64(u[r + 1], u[r + 3]), q[r + 3] = _mm256_unpackhi_epi64(u[r + 1], u[r + 3]);
+    }
+    for (int e = 0; e < 4; e++) {
+        w[e] = _mm256_permute2x128_si256(q[e], q[e + 4], 0x20);
+        w[e + 4] = _mm256_permute2x128_si256(q[e], q[e + 4], 0x31);
+    }
+}
+
 /* Eight rows by four gemm tokens at once, each lane one output: lane r runs exactly the
  * chains of ess_dot4_q4_K_q8_K_gemm_avx2 for row r, so the bits are the same.
  * Speed comes from llama.cpp's interleaved layout, built here per 64-element chunk
@@ -218,63 +282,15 @@ void ess_tile8_q4_K_q8_K_gemm_avx2(int n, float *s, size_t s_stride, const void 
     for (int i = 0; i < n / ESS_QK_K; i++) {
         const ess_block_q4_K *x[8];
         for (int r = 0; r < 8; r++) x[r] = (const ess_block_q4_K *)(wb + (size_t)r * wrow) + i;
-        /* the first 16 bytes of each block (d, dmin, 12 scale bytes) transposed in 4-byte
-         * units: lane r of h[k] = bytes 4k..4k+3 of row r's block */
-        __m256i h[4];
-        {
-            __m256i y4[4];
-            for (int k = 0; k < 4; k++)
-                y4[k] = _mm256_set_m128i(_mm_loadu_si128((const __m128i *)x[k + 4]), _mm_loadu_si128((const __m128i *)x[k]));
-            const __m256i u0 = _mm256_unpacklo_epi32(y4[0], y4[1]), u1 = _mm256_unpackhi_epi32(y4[0], y4[1]);
-            const __m256i u2 = _mm256_unpacklo_epi32(y4[2], y4[3]), u3 = _mm256_unpackhi_epi32(y4[2], y4[3]);
-            h[0] = _mm256_unpacklo_epi64(u0, u2), h[1] = _mm256_unpackhi_epi64(u0, u2);
-            h[2] = _mm256_unpacklo_epi64(u1, u3), h[3] = _mm256_unpackhi_epi64(u1, u3);
-        }
-        /* q4k_scales_mins for eight rows: 6-bit scales of sub-blocks 0..3 (sc0) and 4..7 (sc1), mins alike */
-        const __m256i m6 = _mm256_set1_epi8(0x3F), m2 = _mm256_set1_epi8(0x03);
-        const __m256i sc0 = _mm256_and_si256(h[1], m6), mn0 = _mm256_and_si256(h[2], m6);
-        const __m256i sc1 = _mm256_or_si256(_mm256_and_si256(h[3], m4), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(h[1], 6), m2), 4));
-        const __m256i mn1 = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi32(h[3], 4), m4), _mm256_slli_epi32(_mm256_and_si256(_mm256_srli_epi32(h[2], 6), m2), 4));
-        /* d and dmin of the eight rows as floats (exact conversions, as h2f) */
-        const __m256i dh = _mm256_permute4x64_epi64(
-            _mm256_packus_epi32(_mm256_and_si256(h[0], _mm256_set1_epi32(0xFFFF)), _mm256_srli_epi32(h[0], 16)), 0xD8);
-        const __m256 dw = _mm256_cvtph_ps(_mm256_castsi256_si128(dh)), mw = _mm256_cvtph_ps(_mm256_extracti128_si256(dh, 1));
-        /* i16 lanes 2r, 2r+1: row r's mins of sub-blocks 2j, 2j+1 */
-        __m256i mp[4];
-        for (int j = 0; j < 4; j++) mp[j] = pick16(j < 2 ? mn0 : mn1, 2 * (j & 1), 2 * (j & 1) + 1);
+        q4k_tile_head th;
+        q4k_tile_head_load(&th, x);
         __m256 dd[4];
-        for (int t = 0; t < 4; t++) {
-            const ess_block_q8_K *y = (const ess_block_q8_K *)(ya + (size_t)t * arow) + i;
-            dd[t] = _mm256_mul_ps(dw, _mm256_set1_ps(y->d));
-            /* i32 lane j: the 32-element activation sums of sub-blocks 2j, 2j+1 as two i16, as
-             * q4k_mins_dot forms them; lane r of the madd is then row r's mins of chunk j */
-            const __m256i bs = _mm256_loadu_si256((const __m256i *)y->bsums);
-            const __m128i bs32 = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256(bs, 1));
-            const __m256i mj[4] = {_mm256_madd_epi16(mp[0], _mm256_broadcastd_epi32(bs32)),
-                                   _mm256_madd_epi16(mp[1], _mm256_broadcastd_epi32(_mm_shuffle_epi32(bs32, 0x55))),
-                                   _mm256_madd_epi16(mp[2], _mm256_broadcastd_epi32(_mm_shuffle_epi32(bs32, 0xAA))),
-                                   _mm256_madd_epi16(mp[3], _mm256_broadcastd_epi32(_mm_shuffle_epi32(bs32, 0xFF)))};
-            const __m256 dm = _mm256_mul_ps(mw, _mm256_set1_ps(y->d));
-            for (int j = 0; j < 4; j++) accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(mj[j]), dm, accm[t]);
-        }
+        for (int t = 0; t < 4; t++) dd[t] = q4k_tile_token(&th, (const ess_block_q8_K *)(ya + (size_t)t * arow) + i, &accm[t]);
         for (int j = 0; j < 4; j++) {
             /* i32 lane r = row r's scale in both i16 halves, for madd against lane pairs 2r, 2r+1 */
-            const __m256i slo = pick16(j < 2 ? sc0 : sc1, 2 * (j & 1), 2 * (j & 1)), shi = pick16(j < 2 ? sc0 : sc1, 2 * (j & 1) + 1, 2 * (j & 1) + 1);
-            /* 8x8 transpose of 4-byte units: lane r of w[e] = bytes 4e..4e+3 of row r's chunk */
+            const __m256i slo = pick16(j < 2 ? th.sc0 : th.sc1, 2 * (j & 1), 2 * (j & 1)), shi = pick16(j < 2 ? th.sc0 : th.sc1, 2 * (j & 1) + 1, 2 * (j & 1) + 1);
             __m256i w[8];
-            {
-                __m256i q[8], u[8];
-                for (int r = 0; r < 8; r++) q[r] = _mm256_loadu_si256((const __m256i *)(x[r]->qs + 32 * j));
-                for (int r = 0; r < 8; r += 2) u[r] = _mm256_unpacklo_epi32(q[r], q[r + 1]), u[r + 1] = _mm256_unpackhi_epi32(q[r], q[r + 1]);
-                for (int r = 0; r < 8; r += 4) {
-                    q[r] = _mm256_unpacklo_epi64(u[r], u[r + 2]), q[r + 1] = _mm256_unpackhi_epi64(u[r], u[r + 2]);
-                    q[r + 2] = _mm256_unpacklo_epi64(u[r + 1], u[r + 3]), q[r + 3] = _mm256_unpackhi_epi64(u[r + 1], u[r + 3]);
-                }
-                for (int e = 0; e < 4; e++) {
-                    w[e] = _mm256_permute2x128_si256(q[e], q[e + 4], 0x20);
-                    w[e + 4] = _mm256_permute2x128_si256(q[e], q[e + 4], 0x31);
-                }
-            }
+            q4k_tile_chunk(w, x, j);
             const int8_t *at[4];
             for (int t = 0; t < 4; t++) at[t] = ((const ess_block_q8_K *)(ya + (size_t)t * arow) + i)->qs + 64 * j;
             /* units taken in pairs, each pair's two products added first (integer sums regroup
@@ -299,6 +315,67 @@ void ess_tile8_q4_K_q8_K_gemm_avx2(int n, float *s, size_t s_stride, const void 
         }
     }
     for (int t = 0; t < 4; t++) _mm256_storeu_ps(s + (size_t)t * s_stride, _mm256_sub_ps(acc[t], accm[t]));
+}
+
+/* The same tile with AVX512-VL/VNNI on 256-bit registers, eight rows by eight tokens.
+ * VPDPBUSD adds four nibble x int8 products straight into 32-bit lanes, so a sub-block's
+ * sum takes one instruction per four elements where AVX2 needs maddubs and an add, and
+ * the 32 vector registers of AVX512-VL hold sixteen accumulators for eight tokens, which
+ * halves the transposes per product (measured 1.65x the AVX2 tile per product). Scales
+ * multiply the exact 32-bit sub-block sums afterwards: the integer of every (row, chunk)
+ * is the one the AVX2 tile forms and the float steps are the same, so the bits are those
+ * of ess_dot4_q4_K_q8_K_gemm_avx2 for each of the eight tokens. */
+#define ESS_VNNI __attribute__((target("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")))
+
+static inline ESS_VNNI __m256i dpbusd4(__m256i acc, __m256i w, const int8_t *a) {
+    int32_t v;
+    memcpy(&v, a, 4);
+    return _mm256_dpbusd_epi32(acc, w, _mm256_set1_epi32(v));
+}
+
+ESS_VNNI void ess_tile8x8_q4_K_q8_K_gemm_vnni(int n, float *s, size_t s_stride, const void *vw, size_t wrow, const void *va,
+                                              size_t arow) {
+    const uint8_t *wb = vw, *ya = va;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), mb = _mm256_set1_epi32(0xFF);
+    __m256 acc[8], accm[8];
+    for (int t = 0; t < 8; t++) acc[t] = accm[t] = _mm256_setzero_ps();
+    for (int i = 0; i < n / ESS_QK_K; i++) {
+        const ess_block_q4_K *x[8];
+        for (int r = 0; r < 8; r++) x[r] = (const ess_block_q4_K *)(wb + (size_t)r * wrow) + i;
+        q4k_tile_head th;
+        q4k_tile_head_load(&th, x);
+        __m256 dd[8];
+        for (int t = 0; t < 8; t++) dd[t] = q4k_tile_token(&th, (const ess_block_q8_K *)(ya + (size_t)t * arow) + i, &accm[t]);
+        for (int j = 0; j < 4; j++) {
+            /* i32 lane r: row r's scale of sub-block 2j (lo) and 2j+1 (hi) */
+            const __m256i sv = j < 2 ? th.sc0 : th.sc1;
+            const __m256i slo = _mm256_and_si256(_mm256_srli_epi32(sv, 16 * (j & 1)), mb);
+            const __m256i shi = _mm256_and_si256(_mm256_srli_epi32(sv, 16 * (j & 1) + 8), mb);
+            __m256i w[8];
+            q4k_tile_chunk(w, x, j);
+            const int8_t *at[8];
+            for (int t = 0; t < 8; t++) at[t] = ((const ess_block_q8_K *)(ya + (size_t)t * arow) + i)->qs + 64 * j;
+            /* fully unrolled so that the sixteen sums stay in registers */
+            __m256i ilo[8], ihi[8];
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++) ilo[t] = ihi[t] = _mm256_setzero_si256();
+#pragma GCC unroll 8
+            for (int e = 0; e < 8; e++) {
+                const __m256i lo = _mm256_and_si256(w[e], m4), hi = _mm256_and_si256(_mm256_srli_epi16(w[e], 4), m4);
+#pragma GCC unroll 8
+                for (int t = 0; t < 8; t++) {
+                    ilo[t] = dpbusd4(ilo[t], lo, at[t] + 4 * e);
+                    ihi[t] = dpbusd4(ihi[t], hi, at[t] + 4 * e + 32);
+                }
+            }
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++) {
+                const __m256i v = _mm256_add_epi32(_mm256_mullo_epi32(ilo[t], slo), _mm256_mullo_epi32(ihi[t], shi));
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(v), dd[t], acc[t]);
+            }
+        }
+    }
+    for (int t = 0; t < 8; t++) _mm256_storeu_ps(s + (size_t)t * s_stride, _mm256_sub_ps(acc[t], accm[t]));
 }
 
 /* ------------------------------------------------------------------------ Q2_K ---- */

@@ -785,21 +785,24 @@ ESS_TEST(stories260K_greedy_matches_llama_cpp) {
 }
 
 static int same_bits_f32(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
-/* The 8-row x 4-token tiles of the repacked paths give, output by output, the bits of the
- * scalar mirrors of llama.cpp's gemm/gemv: 1..9 tokens, odd row counts, slices at odd
- * offsets, both repack modes. */
+/* The 8-row x 4-token and 8-row x 8-token (VNNI) tiles of the repacked paths give, output
+ * by output, the bits of the scalar mirrors of llama.cpp's gemm/gemv: 1..19 tokens, odd
+ * row counts, slices at odd offsets, both repack modes, with and without VNNI. */
 ESS_TEST(matmul_repack_tile_all_shapes) {
     static const uint32_t types[] = {ESS_TYPE_Q4_0, ESS_TYPE_Q4_K, ESS_TYPE_Q2_K};
     if (ess_cpu_isa() != ESS_ISA_AVX2) return;
     ess_rng r; ess_rng_seed(&r, 7);
-    const int64_t ne0 = 512; enum { ROWS = 29, NT = 9 };
+    const int64_t ne0 = 512; enum { ROWS = 29, NT = 19 };
     float *wf = malloc(sizeof(float) * ne0 * ROWS), *af = malloc(sizeof(float) * ne0 * NT), out[NT * ROWS];
     uint8_t *w = malloc(ess_row_size(ESS_TYPE_F32, ne0) * ROWS), *a = malloc(ess_row_size(ESS_TYPE_F32, ne0) * NT);
     for (int64_t i = 0; i < ne0 * ROWS; i++) wf[i] = (float)((ess_rng_u64(&r) >> 11) * 0x1.0p-53 * 2 - 1);
     for (int64_t i = 0; i < ne0 * NT; i++) af[i] = (float)((ess_rng_u64(&r) >> 11) * 0x1.0p-53 * 4 - 2);
     ess_kernels k; ess_kernels_init(&k, ESS_ISA_AVX2);
+    const int vnni = k.vnni;
     int checked = 0;
+    for (int pass = 0; pass < 2; pass++)
     for (size_t ti = 0; ti < 3; ti++) {
+        k.vnni = pass == 0 ? vnni : 0;
         const uint32_t t = types[ti], vt = (uint32_t)ess_type_info(t)->vec_dot_type;
         const size_t wr = ess_row_size(t, ne0), ar = ess_row_size(vt, ne0);
         ess_vec_dot_fn gemv = t == ESS_TYPE_Q4_0 ? ess_vec_dot_q4_0_q8_0_rp : t == ESS_TYPE_Q4_K ? ess_vec_dot_q4_K_q8_K_gemv : ess_vec_dot_q2_K_q8_K_gemv;
@@ -815,8 +818,8 @@ ESS_TEST(matmul_repack_tile_all_shapes) {
                             for (int i = 0; i < nr; i++) {
                                 float want;
                                 (mode == ESS_MATMUL_REPACK && tk < nt - nt % 4 ? gemm : gemv)((int)ne0, &want, w + (off + i) * wr, a + tk * ar);
-                                ESS_CHECK_MSG(same_bits_f32(out[tk * ROWS + i], want), "%s nt %d mode %d off %d nr %d row %d tok %d",
-                                              ess_type_info(t)->name, nt, mode, off, nr, i, tk);
+                                ESS_CHECK_MSG(same_bits_f32(out[tk * ROWS + i], want), "%s vnni %d nt %d mode %d off %d nr %d row %d tok %d",
+                                              ess_type_info(t)->name, k.vnni, nt, mode, off, nr, i, tk);
                                 checked++;
                             }
                     }
