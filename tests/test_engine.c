@@ -828,4 +828,42 @@ ESS_TEST(matmul_repack_tile_all_shapes) {
     free(wf); free(af); free(w); free(a);
 }
 
+/* Q8_0 decode four rows at a time (VNNI) gives each row the bits of the single dot, for
+ * rows narrower than, equal to and wider than its chunk of precomputed activation terms
+ * (256 blocks) and row counts that leave 1..3 rows over. */
+ESS_TEST(matmul_q8_0_decode_rows_same_bits) {
+    if (ess_cpu_isa() != ESS_ISA_AVX2) return;
+    ess_kernels k;
+    ess_kernels_init(&k, ESS_ISA_AVX2);
+    if (!k.vnni) return;
+    ess_rng r;
+    ess_rng_seed(&r, 11);
+    static const int64_t widths[] = {32, 2048, 8192, 8192 + 32 * 5};
+    enum { ROWS = 11 };
+    float *wf = malloc(sizeof(float) * 8352 * ROWS), *af = malloc(sizeof(float) * 8352), out[ROWS];
+    uint8_t *w = malloc(ess_row_size(ESS_TYPE_Q8_0, 8352) * ROWS), *a = malloc(ess_row_size(ESS_TYPE_Q8_0, 8352));
+    ESS_CHECK(wf && af && w && a);
+    fill(&r, wf, (size_t)8352 * ROWS, 1);
+    fill(&r, af, 8352, 1);
+    int checked = 0;
+    for (size_t wi = 0; wi < sizeof widths / sizeof widths[0]; wi++) {
+        const int64_t ne0 = widths[wi];
+        const size_t wr = ess_row_size(ESS_TYPE_Q8_0, ne0);
+        for (int i = 0; i < ROWS; i++) ess_ref_from_float(ESS_TYPE_Q8_0)(wf + i * ne0, w + i * wr, ne0);
+        k.from_float[ESS_TYPE_Q8_0](af, a, ne0);
+        for (int nr = 1; nr <= ROWS; nr++) {
+            ess_matmul(&k, ESS_TYPE_Q8_0, w, ne0, nr, a, 1, out, (size_t)nr);
+            for (int i = 0; i < nr; i++) {
+                float one;
+                ess_matmul_dot1_avx2(ESS_TYPE_Q8_0)((int)ne0, &one, w + i * wr, a);
+                ESS_CHECK_MSG(memcmp(&one, &out[i], 4) == 0, "ne0 %lld rows %d row %d: %.9g vs %.9g", (long long)ne0, nr, i,
+                              out[i], one);
+                checked++;
+            }
+        }
+    }
+    ESS_CHECK(checked == 4 * ROWS * (ROWS + 1) / 2);
+    free(wf); free(af); free(w); free(a);
+}
+
 int main(int argc, char **argv) { return ess_test_main(argc, argv); }
