@@ -335,7 +335,7 @@ static long read_input(char **buf, size_t *cap, int echo) {
 int ess_cmd_chat(int argc, char **argv) {
     const char *model = NULL, *system = NULL, *tmpl_name = NULL;
     long max_tokens = 512, threads = sysconf(_SC_NPROCESSORS_ONLN), ctx = 0, batch = 512, seed = -1, delay = 0;
-    int kv_type = ESS_TYPE_F32, seed_given = 0;
+    int kv_type = ESS_TYPE_F32, seed_given = 0, use_swa = 0;
     ess_remote_opts ro = {0};
     ess_remote *rem = NULL;
     const char **user_stops = calloc((size_t)argc + 1, sizeof *user_stops);
@@ -370,6 +370,7 @@ int ess_cmd_chat(int argc, char **argv) {
         else if (!strcmp(a, "--insecure")) ro.insecure = 1;
         else if (!strcmp(a, "--ca")) { bad = v ? 0 : ess_opt_missing("chat", a); ro.ca_file = v; i++; }
         else if (!strcmp(a, "--token-delay")) { bad = ess_opt_long("chat", a, v, 0, 60000, &delay); i++; }
+        else if (!strcmp(a, "--swa")) use_swa = 1;
         else if (!strcmp(a, "--kv-type")) {
             if (v && !strcmp(v, "f32")) kv_type = ESS_TYPE_F32;
             else if (v && !strcmp(v, "f16")) kv_type = ESS_TYPE_F16;
@@ -394,6 +395,7 @@ int ess_cmd_chat(int argc, char **argv) {
     memset(&en, 0, sizeof en);
     ess_driver_opts o = {0};
     o.kv_type = kv_type;
+    o.use_swa = use_swa;
     o.max_batch = (int)batch;
     ess_tokenizer *tok = NULL;
     const char **stops = NULL;
@@ -422,6 +424,9 @@ int ess_cmd_chat(int argc, char **argv) {
         fprintf(stderr, "essaim chat: %s\n", err);
         goto out;
     }
+    if (en.model.sliding_window && !use_swa)
+        fprintf(stderr, "essaim chat: note: the model sets attention.sliding_window %d; attending to the whole context as "
+                        "llama.cpp does (--swa applies the window)\n", en.model.sliding_window);
     ess_err e = {0};
     if (!(tok = ess_tok_new(&en.src.g, &e))) { fprintf(stderr, "essaim chat: %s: tokenizer: %s\n", model, e.msg); goto out; }
 

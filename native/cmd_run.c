@@ -77,7 +77,7 @@ static int dump_logits(const char *path, const ess_engine *en, const int32_t *to
 int ess_cmd_run(int argc, char **argv) {
     const char *model = NULL, *prompt = NULL, *tokens_arg = NULL, *dump = NULL;
     long n_predict = 128, threads = sysconf(_SC_NPROCESSORS_ONLN), ctx = 0, batch = 512, seed = -1;
-    int print_ids = 0, kv_type = ESS_TYPE_F32, seed_given = 0;
+    int print_ids = 0, kv_type = ESS_TYPE_F32, seed_given = 0, use_swa = 0;
     ess_sampler_params sp;
     ess_sampler_params_default(&sp);
     ess_remote_opts ro = {0};
@@ -99,6 +99,7 @@ int ess_cmd_run(int argc, char **argv) {
         else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) { bad = ess_opt_long("run", a, v, 1, 256, &threads); i++; }
         else if (!strcmp(a, "-c") || !strcmp(a, "--ctx")) { bad = ess_opt_long("run", a, v, 1, 1 << 22, &ctx); i++; }
         else if (!strcmp(a, "-b") || !strcmp(a, "--batch")) { bad = ess_opt_long("run", a, v, 1, 1 << 16, &batch); i++; }
+        else if (!strcmp(a, "--swa")) use_swa = 1;
         else if (!strcmp(a, "--kv-type")) {
             if (v && !strcmp(v, "f32")) kv_type = ESS_TYPE_F32;
             else if (v && !strcmp(v, "f16")) kv_type = ESS_TYPE_F16;
@@ -129,6 +130,7 @@ int ess_cmd_run(int argc, char **argv) {
     ess_engine en;
     ess_driver_opts o = {0};
     o.kv_type = kv_type;
+    o.use_swa = use_swa;
     o.max_batch = (int)batch;
     o.all_logits = dump != NULL;
     int32_t *toks = NULL;
@@ -153,6 +155,9 @@ int ess_cmd_run(int argc, char **argv) {
         fprintf(stderr, "essaim run: %s\n", err);
         goto out;
     }
+    if (en.model.sliding_window && !use_swa)
+        fprintf(stderr, "essaim run: note: the model sets attention.sliding_window %d; attending to the whole context as "
+                        "llama.cpp does (--swa applies the window)\n", en.model.sliding_window);
     ess_err e = {0};
     tok = ess_tok_new(&en.src.g, &e);
     if (!tok && !tokens_arg) { fprintf(stderr, "essaim run: %s: tokenizer: %s\n", model, e.msg); goto out; }

@@ -38,6 +38,7 @@ static void usage(FILE *f) {
             "  shape flags (override the preset): --layers N --embd N --heads N --kv-heads N\n"
             "                    --head-dim N (0: embd/heads) --ff N --vocab-size N --experts N\n"
             "                    --experts-used N --ctx N --rope-base X --rms-eps X\n"
+            "                    --sliding-window N (attention.sliding_window; 0: none)\n"
             "  --arch A          llama (default) or qwen2 (adds F32 q/k/v biases; dense only)\n"
             "  --tied            no output.weight (the LM head reuses token_embd)\n"
             "  --name TEXT       general.name\n"
@@ -84,6 +85,7 @@ int ess_cmd_synth(int argc, char **argv) {
         {"--vocab-size", &shape.n_vocab, NULL, NULL},    {"--experts", &shape.n_expert, NULL, NULL},
         {"--experts-used", &shape.n_expert_used, NULL, NULL}, {"--ctx", &shape.n_ctx, NULL, NULL},
         {"--rope-base", NULL, &shape.rope_base, NULL},   {"--rms-eps", NULL, &shape.rms_eps, NULL},
+        {"--sliding-window", &shape.sliding_window, NULL, NULL},
     };
     enum { SF_KV_HEADS = 3, SF_VOCAB_SIZE = 6, SF_EXPERTS_USED = 8 };
     const size_t n_sf = sizeof sf / sizeof sf[0];

@@ -141,6 +141,8 @@ const char *ess_gen_why_str(ess_gen_why why);
     "  -t, --threads T       threads (default: all CPUs)\n" \
     "  -c, --ctx C           context in tokens (default: the model's, at most 4096)\n" \
     "  --kv-type f32|f16     KV cache type (default f32)\n" \
+    "  --swa                 apply the GGUF's attention.sliding_window (llama.cpp ignores\n" \
+    "                        it for llama and qwen2, so by default essaim does too)\n" \
     "  -b, --batch B         prompt tokens per batch (default 512)\n" \
     "  --relay URL           run over a swarm (ws:// or wss://); MODEL is then a fragment\n" \
     "                        directory, a manifest.json or a model id the relay serves\n" \

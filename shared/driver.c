@@ -500,7 +500,7 @@ static void attn_share(void *arg, int ith, int nth) {
     float *scores = d->scores + (size_t)ith * d->o.n_ctx;
     for (int u = ith; u < units; u += nth) {
         const int t = u / m->n_head, h = u % m->n_head;
-        ess_attention_heads(d->att + t * no, d->q + t * nq, j->kv, m->n_head, h, h + 1, d->pos + t, m->sliding_window,
+        ess_attention_heads(d->att + t * no, d->q + t * nq, j->kv, m->n_head, h, h + 1, d->pos + t, d->o.use_swa ? m->sliding_window : 0,
                             j->scale, scores, batch, d->k->isa);
     }
 }

@@ -67,6 +67,10 @@ typedef struct {
     int n_ctx;      /* KV cache positions (default: the model's context_length) */
     int kv_type;    /* ESS_TYPE_F32 (default) or ESS_TYPE_F16 */
     int all_logits; /* keep logits of every token of the last batch, not only the last */
+    /* 1: attend only to the last attention.sliding_window positions when the GGUF sets
+     * one. 0 (default): attend to all, as llama.cpp runs the llama and qwen2
+     * architectures whatever that key says (checked: same logits with and without it). */
+    int use_swa;
     /* Optional parallel-for for driver-side work (attention over heads): runs
      * fn(arg, ith, nth) for ith < nth on n_threads threads and returns when all are done.
      * NULL: everything on the caller's thread. The core itself starts no threads. */

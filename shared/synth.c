@@ -15,11 +15,11 @@
  * the real 131072 tokens make a 1.3 GB embedding of random numbers, so the preset keeps
  * 32768 (--vocab-size 131072 restores it). */
 static const ess_synth_shape PRESETS[] = {
-    {"tinyllama-1.1b", 22, 2048, 32, 4, 0, 5632, 32000, 0, 0, 2048, 10000.0f, 1e-5f, 0, 0},
-    {"mistral-7b", 32, 4096, 32, 8, 0, 14336, 32000, 0, 0, 32768, 1000000.0f, 1e-5f, 0, 0},
-    {"mistral-small-24b", 40, 5120, 32, 8, 128, 32768, 32768, 0, 0, 32768, 100000000.0f, 1e-5f, 0, 0},
+    {"tinyllama-1.1b", 22, 2048, 32, 4, 0, 5632, 32000, 0, 0, 2048, 10000.0f, 1e-5f, 0, 0, 0},
+    {"mistral-7b", 32, 4096, 32, 8, 0, 14336, 32000, 0, 0, 32768, 1000000.0f, 1e-5f, 0, 0, 0},
+    {"mistral-small-24b", 40, 5120, 32, 8, 128, 32768, 32768, 0, 0, 32768, 100000000.0f, 1e-5f, 0, 0, 0},
     /* Mixtral's layout (8 experts, 2 used, GQA 4) at a size a laptop generates in seconds. */
-    {"mixtral-mini", 8, 1024, 16, 4, 0, 3584, 32000, 8, 2, 32768, 1000000.0f, 1e-5f, 0, 0},
+    {"mixtral-mini", 8, 1024, 16, 4, 0, 3584, 32000, 8, 2, 32768, 1000000.0f, 1e-5f, 0, 0, 0},
 };
 #define N_PRESETS (int)(sizeof PRESETS / sizeof PRESETS[0])
 
@@ -378,6 +378,7 @@ int ess_synth_header(const ess_synth *s, ess_gguf_writer *w, ess_gguf *vocab, es
         SET(ess_gguf_w_set_u32(w, K("attention.key_length"), h->head_dim));
         SET(ess_gguf_w_set_u32(w, K("attention.value_length"), h->head_dim));
     }
+    if (h->sliding_window) SET(ess_gguf_w_set_u32(w, K("attention.sliding_window"), h->sliding_window));
     if (h->n_expert) {
         SET(ess_gguf_w_set_u32(w, K("expert_count"), h->n_expert));
         SET(ess_gguf_w_set_u32(w, K("expert_used_count"), h->n_expert_used));

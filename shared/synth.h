@@ -54,6 +54,7 @@ typedef struct {
     float rms_eps;            /* llama.attention.layer_norm_rms_epsilon */
     int tied;                 /* no output.weight: llama.cpp reuses token_embd as LM head */
     uint32_t arch;            /* ess_synth_arch; names the metadata keys (<arch>.block_count) */
+    uint32_t sliding_window;  /* llama.attention.sliding_window, written when not 0 */
 } ess_synth_shape;
 
 /* "llama" or "qwen2" (general.architecture), NULL for an unknown value. */

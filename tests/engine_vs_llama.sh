@@ -130,6 +130,9 @@ if "$BIN" synth --help >/dev/null 2>&1; then
         synth mixtral-mini "$t" "$tol" $MIXTRAL
         synth qwen2 "$t" "$tol" $QWEN2
     done
+    # attention.sliding_window 8 under a 54-token prompt: llama.cpp attends to everything
+    # for llama and qwen2 whatever the key says, and so does essaim unless --swa
+    synth sliding-window F32 1e-3 $TINY --sliding-window 8
 else
     echo "engine_vs_llama: essaim synth unavailable; synthetic models skipped"
 fi

@@ -443,8 +443,9 @@ typedef struct {
     ess_gguf g;
 } tiny;
 
-/* Writes a llama GGUF with seeded F32 weights (dense, or MoE with NX_ experts). */
-static int tiny_build(tiny *t, int moe, int tied) {
+/* Writes a llama GGUF with seeded F32 weights (dense, or MoE with NX_ experts), with
+ * attention.sliding_window swa when it is not 0. */
+static int tiny_build(tiny *t, int moe, int tied, int swa) {
     ess_gguf_writer *w = ess_gguf_w_new(3, 32);
     if (!w) return -1;
     ess_gguf_w_set_str(w, "general.architecture", "llama");
@@ -455,6 +456,7 @@ static int tiny_build(tiny *t, int moe, int tied) {
     ess_gguf_w_set_u32(w, "llama.context_length", 64);
     ess_gguf_w_set_u32(w, "llama.feed_forward_length", FF_);
     ess_gguf_w_set_f32(w, "llama.attention.layer_norm_rms_epsilon", 1e-5f);
+    if (swa) ess_gguf_w_set_u32(w, "llama.attention.sliding_window", (uint32_t)swa);
     if (moe) {
         ess_gguf_w_set_u32(w, "llama.expert_count", NX_);
         ess_gguf_w_set_u32(w, "llama.expert_used_count", NU_);
@@ -521,7 +523,8 @@ static void rmsn(double *o, const double *x, const float *w, int n) {
 }
 
 /* The plain forward pass, in double: logits (n, V_) of every position. */
-static void naive_forward(const tiny *t, const int32_t *tok, int n, double *logits, int moe, int tied) {
+/* window: attend to the last `window` positions only (0: all) */
+static void naive_forward(const tiny *t, const int32_t *tok, int n, double *logits, int moe, int tied, int window) {
     static double K[L_][64][NKV_ * HD_], Vc[L_][64][NKV_ * HD_];
     char nm[64];
     for (int p = 0; p < n; p++) {
@@ -546,16 +549,18 @@ static void naive_forward(const tiny *t, const int32_t *tok, int n, double *logi
             for (int hh = 0; hh < NH_; hh++) {
                 int g = hh / (NH_ / NKV_);
                 double s[64], mx = -1e300, sum = 0;
-                for (int j = 0; j <= p; j++) {
+                const int j0 = window && p - window + 1 > 0 ? p - window + 1 : 0;
+                for (int j = 0; j < j0; j++) s[j] = 0;
+                for (int j = j0; j <= p; j++) {
                     double d = 0;
                     for (int i = 0; i < HD_; i++) d += q[hh * HD_ + i] * K[l][j][g * HD_ + i];
                     s[j] = d / sqrt((double)HD_);
                     if (s[j] > mx) mx = s[j];
                 }
-                for (int j = 0; j <= p; j++) sum += (s[j] = exp(s[j] - mx));
+                for (int j = j0; j <= p; j++) sum += (s[j] = exp(s[j] - mx));
                 for (int i = 0; i < HD_; i++) {
                     double a = 0;
-                    for (int j = 0; j <= p; j++) a += s[j] / sum * Vc[l][j][g * HD_ + i];
+                    for (int j = j0; j <= p; j++) a += s[j] / sum * Vc[l][j][g * HD_ + i];
                     att[hh * HD_ + i] = a;
                 }
             }
@@ -637,7 +642,7 @@ static void pool_par(void *ctx, void (*fn)(void *, int, int), void *arg) { ess_e
 
 static void driver_case(int moe, int tied) {
     tiny t = {0};
-    ESS_CHECK(tiny_build(&t, moe, tied) == 0);
+    ESS_CHECK(tiny_build(&t, moe, tied, 0) == 0);
     ess_model m;
     ess_err e = {0};
     ESS_CHECK_MSG(ess_model_init(&m, &t.g, &e) == 0, "%s", e.msg);
@@ -647,7 +652,7 @@ static void driver_case(int moe, int tied) {
     const int32_t tok[9] = {1, 17, 4, 49, 0, 23, 23, 8, 31};
     const int n = 9;
     static double want[9 * V_];
-    naive_forward(&t, tok, n, want, moe, tied);
+    naive_forward(&t, tok, n, want, moe, tied, 0);
 
     /* 1. whole plan, in-process executor with 3 threads, prompt split into batches of 4 */
     ess_fragplan whole, cut;
@@ -742,6 +747,51 @@ static void driver_case(int moe, int tied) {
 ESS_TEST(driver_dense_matches_naive_forward) { driver_case(0, 0); }
 ESS_TEST(driver_tied_output_matches_naive_forward) { driver_case(0, 1); }
 ESS_TEST(driver_moe_matches_naive_forward) { driver_case(1, 0); }
+
+/* A GGUF with attention.sliding_window 3: by default every position is attended to (as
+ * llama.cpp runs llama and qwen2 files), with use_swa only the last three. */
+ESS_TEST(driver_sliding_window_only_when_asked) {
+    tiny t = {0};
+    ESS_CHECK(tiny_build(&t, 0, 0, 3) == 0);
+    ess_model m;
+    ess_err e = {0};
+    ESS_CHECK_MSG(ess_model_init(&m, &t.g, &e) == 0, "%s", e.msg);
+    ESS_CHECK_EQ_INT(m.sliding_window, 3);
+    ess_kernels k;
+    ess_kernels_init(&k, ess_cpu_isa());
+    const int32_t tok[9] = {1, 17, 4, 49, 0, 23, 23, 8, 31};
+    static double full[9 * V_], win[9 * V_];
+    naive_forward(&t, tok, 9, full, 0, 0, 0);
+    naive_forward(&t, tok, 9, win, 0, 0, 3);
+    ess_fragplan whole;
+    ESS_CHECK(ess_fragplan_whole(&whole, &t.g, &e) == 0);
+    uint8_t **fw = payloads(&whole, t.buf);
+    ess_exec *x;
+    ESS_CHECK(ess_exec_init(&x, 1) == 0);
+    char err[256];
+    for (int use = 0; use <= 1; use++) {
+        ess_driver_opts o = {.max_batch = 16, .n_ctx = 32, .all_logits = 1, .use_swa = use};
+        ess_driver *d;
+        ESS_CHECK_MSG(ess_driver_init(&d, &m, &whole, (const uint8_t *const *)fw, &k, &o, &e) == 0, "%s", e.msg);
+        ESS_CHECK_MSG(ess_driver_eval(d, tok, 9) == 0 && ess_exec_run(x, d, &k, (const uint8_t *const *)fw, err, sizeof err) == 0, "%s", err);
+        int nl;
+        const float *l = ess_driver_logits_all(d, &nl);
+        ESS_CHECK_EQ_INT(nl, 9);
+        const double *want = use ? win : full;
+        for (int p = 0; p < 9; p++)
+            for (int v = 0; v < V_; v++) ESS_CHECK_NEAR(l[p * V_ + v], want[p * V_ + v], 2e-4);
+        ess_driver_free(d);
+    }
+    /* the window changes the answer from position 3 on */
+    ESS_CHECK(fabs(full[8 * V_] - win[8 * V_]) > 1e-3 || fabs(full[8 * V_ + 1] - win[8 * V_ + 1]) > 1e-3);
+    for (uint32_t f = 0; f < whole.n_frags; f++) free(fw[f]);
+    free(fw);
+    ess_exec_free(x);
+    ess_fragplan_free(&whole);
+    ess_model_free(&m);
+    ess_gguf_free(&t.g);
+    free(t.buf);
+}
 
 ESS_TEST(model_refuses_unsupported_architecture) {
     ess_gguf_writer *w = ess_gguf_w_new(3, 32);
