@@ -1452,6 +1452,20 @@ int ess_cmd_swarm(int argc, char **argv) {
                               : total * (uint64_t)sw->o.replicas * 3 / 2 / (uint64_t)sw->o.n_nodes + biggest;
     if (!sw->o.budget && sw->budget < (10u << 20)) sw->budget = 10u << 20;
     char b1[32], b2[32];
+    /* A node takes whole fragments: with less room than the biggest, that fragment could
+     * never be placed and the wait below would only time out. */
+    if (sw->budget < biggest) {
+        fprintf(stderr, "essaim swarm: --budget %s is smaller than the biggest fragment (%s): no node could hold it; "
+                        "raise --budget or fragment smaller (--max-size)\n",
+                ess_fmt_bytes(sw->budget, b1, sizeof b1), ess_fmt_bytes(biggest, b2, sizeof b2));
+        goto out;
+    }
+    if (sw->budget * (uint64_t)sw->o.n_nodes < total * (uint64_t)sw->o.replicas) {
+        fprintf(stderr, "essaim swarm: %ld nodes of %s hold less than %ld copies of the model's %s; raise --budget or --nodes, "
+                        "or lower --replicas\n",
+                sw->o.n_nodes, ess_fmt_bytes(sw->budget, b1, sizeof b1), sw->o.replicas, ess_fmt_bytes(total, b2, sizeof b2));
+        goto out;
+    }
     fprintf(stderr, "swarm: %s: %u fragments, %s; %ld nodes of %s each, R=%ld; relay %s; work dir %s\n", sw->o.model,
             sw->man.n_frags, ess_fmt_bytes(total, b1, sizeof b1), sw->o.n_nodes, ess_fmt_bytes(sw->budget, b2, sizeof b2),
             sw->o.replicas, sw->url, sw->work);

@@ -229,5 +229,15 @@ else
 fi
 stop_swarm
 
+# ---- essaim swarm refuses sizes that could never cover the model, at once ----
+first=$(echo $LIST | cut -d' ' -f1)
+if timeout 30 "$ESSAIM" swarm "$MODELS/$first.gguf" --nodes 2 --budget 1K -p hi --dir "$TMP/tiny-budget" >"$TMP/budget.log" 2>&1; then
+    ko "swarm --budget 1K: accepted" "$TMP/budget.log"
+elif grep -q "smaller than the biggest fragment" "$TMP/budget.log"; then
+    ok "swarm --budget below a fragment: refused at once, naming the sizes"
+else
+    ko "swarm --budget 1K: no clear error" "$TMP/budget.log"
+fi
+
 echo "swarm_basic: $PASS passed, $FAIL failed"
 [ "$FAIL" -eq 0 ]
