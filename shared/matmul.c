@@ -32,6 +32,10 @@ void ess_matmul(const ess_kernels *k, uint32_t wtype, const void *w, int64_t ne0
         return;
 #endif
     ess_dot4_fn dot4 = NULL;
+#if defined(__wasm_simd128__)
+    /* F16 batches sum as native ones do (ess_matmul_dotg_avx2) */
+    if (k->isa == ESS_ISA_SIMD128 && wtype == ESS_TYPE_F16 && ne0 % 16 == 0) dot = ess_vec_dot_f16_f16_g_simd128;
+#endif
 #if defined(__x86_64__)
     if (k->isa == ESS_ISA_AVX2) {
         dot4 = ess_matmul_dot4_avx2(wtype);
@@ -83,7 +87,18 @@ typedef struct {
 /* The dots of a repacked type on this build, or 0 when it keeps its vec_dot. */
 static int repack_dots_for(const ess_kernels *k, uint32_t wtype, repack_dots *d) {
 #if defined(__wasm__)
-    (void)k, (void)wtype, (void)d;
+    /* SIMD128 versions of the mirrors (same bits as native); the scalar kernels keep plain
+     * dots, as the scalar mirrors would cost the module their size for no node's use */
+    memset(d, 0, sizeof *d);
+#if defined(__wasm_simd128__)
+    if (k->isa == ESS_ISA_SIMD128) switch (wtype) {
+        case ESS_TYPE_Q4_0: d->gemv = d->gemm = ess_vec_dot_q4_0_q8_0_rp_simd128; return 1;
+        case ESS_TYPE_Q4_K: d->gemv = ess_vec_dot_q4_K_q8_K_gemv_simd128, d->gemm = ess_vec_dot_q4_K_q8_K_gemm_simd128; return 1;
+        case ESS_TYPE_Q2_K: d->gemv = ess_vec_dot_q2_K_q8_K_gemv_simd128, d->gemm = ess_vec_dot_q2_K_q8_K_gemm_simd128; return 1;
+        default: return 0;
+        }
+#endif
+    (void)k, (void)wtype;
     return 0;
 #else
     const int avx2 = k->isa == ESS_ISA_AVX2;

@@ -32,7 +32,8 @@ void ess_matmul(const ess_kernels *k, uint32_t wtype, const void *w, int64_t ne0
  * than vec_dot (shared/quant_repack.c). ess_matmul_mode_of says which case a tensor is:
  *   tensor_rows: ne[1] of the whole tensor (not of a slice); n_dims: 3 for experts.
  * The mode only changes float rounding; any row slice still gives the whole matrix's bits.
- * wasm builds ignore it (their SIMD dots differ from native ones in rounding anyway). */
+ * wasm SIMD128 builds honour it with the same bits (quant_repack_simd128.c); wasm builds
+ * with the scalar kernels ignore it. */
 typedef enum {
     ESS_MATMUL_VEC = 0,        /* vec_dot for every (row, token) */
     ESS_MATMUL_REPACK = 1,     /* mul_mat on a repacked tensor */

@@ -50,6 +50,117 @@ void ess_quant_q8_0_simd128(const float *x, void *y, int64_t n);
 void ess_vec_dot_f16_f16_simd128(int n, float *s, const void *w, const void *a);
 void ess_vec_dot_q4_0_q8_0_simd128(int n, float *s, const void *w, const void *a);
 void ess_vec_dot_q8_0_q8_0_simd128(int n, float *s, const void *w, const void *a);
+/* F16 for batches of two tokens or more when ne0 % 16 == 0 (native: ess_matmul_dotg_avx2) */
+void ess_vec_dot_f16_f16_g_simd128(int n, float *s, const void *w, const void *a);
+/* the repacked dots of quant_repack.c, same bits, SIMD128 integer sums */
+void ess_vec_dot_q4_0_q8_0_rp_simd128(int n, float *s, const void *w, const void *a);
+void ess_vec_dot_q4_K_q8_K_gemv_simd128(int n, float *s, const void *w, const void *a);
+void ess_vec_dot_q4_K_q8_K_gemm_simd128(int n, float *s, const void *w, const void *a);
+void ess_vec_dot_q2_K_q8_K_gemv_simd128(int n, float *s, const void *w, const void *a);
+void ess_vec_dot_q2_K_q8_K_gemm_simd128(int n, float *s, const void *w, const void *a);
+#endif
+
+/* ---- native float order on wasm (the _simd128 kernels) ----
+ * The _simd128 dots give the bits of the kernels an x86 node runs (AVX2: 8-lane fused
+ * multiply-add accumulators, then a fixed horizontal sum), so that browser and native
+ * nodes answer a COMPUTE alike. SIMD128 has no FMA (relaxed_madd may or may not fuse, so
+ * it is never used where bits matter), so a fused x*y + acc on f32 is emulated:
+ *   - x*y is exact in f64 (two 24-bit significands make at most 48 bits);
+ *   - s = x*y + acc in f64 rounds once (RN64), then demoting s to f32 rounds again. Two
+ *     roundings give the single rounding of the exact value unless s lies exactly on an
+ *     f32 rounding boundary (a midpoint): the exact value is within half an f64 ulp of s,
+ *     so it cannot sit across a boundary that s is not on. Boundaries and f32 values
+ *     (normal or subnormal, whose grid is coarser) have the 28 low bits of their f64
+ *     encoding zero; a lane where s has them (rare: about 2^-28 for random inputs, or an
+ *     exact sum) takes ess_fma_f32_exact, which adds with TwoSum and rounds to odd.
+ * Integer sums are exact, so only their split into lanes must match the native one. */
+#if defined(__wasm_simd128__)
+#include <wasm_simd128.h>
+
+float ess_fma_f32_exact(double p, float c); /* RN32(p + c), p an exact product of two f32 */
+
+v128_t ess_fma4_slow_simd128(v128_t acc, v128_t p01, v128_t p23);
+
+/* acc[l] = RN32(p[l] + acc[l]) for f32x4 acc and exact f64 products p01 (lanes 0, 1) and
+ * p23 (lanes 2, 3). */
+static inline v128_t ess_fma4p_simd128(v128_t acc, v128_t p01, v128_t p23) {
+    const v128_t s01 = wasm_f64x2_add(wasm_f64x2_promote_low_f32x4(acc), p01);
+    const v128_t s23 = wasm_f64x2_add(wasm_f64x2_promote_low_f32x4(wasm_i64x2_shuffle(acc, acc, 1, 1)), p23);
+    /* the low 32-bit words of the four sums, shifted to keep their 28 low bits */
+    if (!wasm_i32x4_all_true(wasm_i32x4_shl(wasm_i32x4_shuffle(s01, s23, 0, 2, 4, 6), 4)))
+        return ess_fma4_slow_simd128(acc, p01, p23);
+    return wasm_i32x4_shuffle(wasm_f32x4_demote_f64x2_zero(s01), wasm_f32x4_demote_f64x2_zero(s23), 0, 1, 4, 5);
+}
+/* acc = fma(x, y, acc) lane by lane, x and y f32x4 */
+static inline v128_t ess_fma4_simd128(v128_t acc, v128_t x, v128_t y) {
+    const v128_t xh = wasm_i64x2_shuffle(x, x, 1, 1), yh = wasm_i64x2_shuffle(y, y, 1, 1);
+    return ess_fma4p_simd128(acc, wasm_f64x2_mul(wasm_f64x2_promote_low_f32x4(x), wasm_f64x2_promote_low_f32x4(y)),
+                             wasm_f64x2_mul(wasm_f64x2_promote_low_f32x4(xh), wasm_f64x2_promote_low_f32x4(yh)));
+}
+/* acc = fma(d, y, acc), d an f32 given as an f64x2 splat */
+static inline v128_t ess_fma4d_simd128(v128_t acc, v128_t d, v128_t y) {
+    return ess_fma4p_simd128(acc, wasm_f64x2_mul(d, wasm_f64x2_promote_low_f32x4(y)),
+                             wasm_f64x2_mul(d, wasm_f64x2_promote_low_f32x4(wasm_i64x2_shuffle(y, y, 1, 1))));
+}
+/* x86's horizontal sums: 4 lanes (r0 + r2) + (r1 + r3); 8 lanes (lo + hi) first */
+static inline float ess_hsum4_simd128(v128_t r) {
+    return (wasm_f32x4_extract_lane(r, 0) + wasm_f32x4_extract_lane(r, 2)) +
+           (wasm_f32x4_extract_lane(r, 1) + wasm_f32x4_extract_lane(r, 3));
+}
+static inline float ess_hsum8_simd128(v128_t lo, v128_t hi) { return ess_hsum4_simd128(wasm_f32x4_add(lo, hi)); }
+
+/* an 8-lane accumulator (a __m256): lanes 0..3 in lo, 4..7 in hi */
+typedef struct { v128_t lo, hi; } ess_f32x8;
+/* acc = fma(d, lanes, acc) for eight int32 lanes (ilo: 0..3, ihi: 4..7), each converted
+ * to float first (round to nearest, as cvtdq2ps) */
+static inline void ess_fma8_simd128(ess_f32x8 *acc, float d, v128_t ilo, v128_t ihi) {
+    const v128_t dd = wasm_f64x2_splat(d);
+    acc->lo = ess_fma4d_simd128(acc->lo, dd, wasm_f32x4_convert_i32x4(ilo));
+    acc->hi = ess_fma4d_simd128(acc->hi, dd, wasm_f32x4_convert_i32x4(ihi));
+}
+
+/* The same as out-of-line calls, for the kernels where code size matters more than a
+ * call per block (rare types, and the float dots whose every step is an emulated FMA). */
+v128_t ess_fma4_simd128_ool(v128_t acc, v128_t x, v128_t y);
+v128_t ess_fma4d_simd128_ool(v128_t acc, v128_t d, v128_t y);
+void ess_fma8_simd128_ool(ess_f32x8 *acc, float d, v128_t ilo, v128_t ihi);
+
+/* Products of 16 signed bytes in eight i16 lanes, i16 lanes 2j and 2j+1 together holding
+ * those of bytes 4j..4j+3 (each lane two of them: |lane| <= 2*128*127), which is all
+ * their users take: pairwise sums or i32x4.dot_i16x8 with a splat. One-source shuffles
+ * put bytes {4j, 4j+1} in the low half and {4j+2, 4j+3} in the high half. */
+static inline v128_t ess_pairs_i8_simd128(v128_t x, v128_t y) {
+    const v128_t xs = wasm_i8x16_shuffle(x, x, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    const v128_t ys = wasm_i8x16_shuffle(y, y, 0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
+    return wasm_i16x8_add(wasm_i16x8_extmul_low_i8x16(xs, ys), wasm_i16x8_extmul_high_i8x16(xs, ys));
+}
+/* the same for weights w in [0, 127] (lane i then exactly w[2i]*y[2i] + w[2i+1]*y[2i+1]):
+ * with relaxed SIMD one i16x8.relaxed_dot_i8x16_i7x16,
+ * exact on every engine while the second operand's lanes are in [0, 127]. clang 16's
+ * wasm_simd128.h has no wrapper yet: the builtin takes typed vectors, the signed first. */
+static inline v128_t ess_pairs_u7_simd128(v128_t w, v128_t y) {
+#if defined(__wasm_relaxed_simd__)
+    typedef signed char ess_i8x16 __attribute__((__vector_size__(16)));
+    return (v128_t)__builtin_wasm_relaxed_dot_i8x16_i7x16_s_i16x8((ess_i8x16)y, (ess_i8x16)w);
+#else
+    return ess_pairs_i8_simd128(w, y);
+#endif
+}
+
+/* fp16 -> fp32 inline: the half's bits in a float's place read 2^112 too small, normals
+ * and subnormals alike, so one exact multiply fixes it */
+static inline float ess_h2f_simd128(ess_fp16 h) {
+    uint32_t bits = (uint32_t)(h & 0x7fff) << 13;
+    float f;
+    if ((h & 0x7c00) == 0x7c00) { /* Inf, NaN */
+        bits |= 0x7f800000u;
+        memcpy(&f, &bits, 4);
+    } else {
+        memcpy(&f, &bits, 4);
+        f *= 0x1p112f;
+    }
+    return (h & 0x8000) ? -f : f;
+}
 #endif
 
 /* llama.cpp's repacked matmuls (quant_repack.c; why and which tensors: matmul.h). Dots

@@ -22,6 +22,7 @@
  *   11 act type   12 n_tok   13 out pointer (F32)   14 out stride (floats)   15 out cols
  *   16 rows pointer (ROWS: n_tok i32 row ids, absolute)   17 the item's first row
  *   18 layer (-1 embedding, n_layer LM head)   19 GGUF tensor index
+ *   20 mm_mode (MATMUL: ess_matmul_mode, what COMPUTE carries at payload byte 60)
  *
  * Does not: any I/O (JS moves frames), hashing of fragments (WebCrypto does that), or
  * anything that needs the big tensors: those live on nodes. All state is in the handle. */
@@ -37,7 +38,7 @@
 #include "tokenizer.h"
 
 #define EXPORT(name) __attribute__((export_name(name)))
-#define ESS_DRV_REC 20
+#define ESS_DRV_REC 21
 
 typedef struct { uint64_t off, len; } piece;
 
@@ -414,6 +415,7 @@ EXPORT("ess_drv_step") int abi_drv_step(abi_drv *h) {
         o[17] = (uint32_t)it->row0;
         o[18] = (uint32_t)(q->kind == ESS_REQ_ROWS ? -1 : h->layer_of[q->tensor]);
         o[19] = q->tensor;
+        o[20] = q->kind == ESS_REQ_MATMUL ? q->mm_mode : 0;
     }
     h->n_table = n;
     return r;

@@ -4,8 +4,11 @@
  * JS owns nothing but numbers: it allocates in wasm memory with ess_alloc, fills buffers
  * through a view of `memory.buffer`, and passes pointers. A kernels table is created once
  * per instance (ess_kernels_new) and passed back in, so the core keeps no globals. */
+#include "matmul.h"
 #include "quant.h"
+#include "quant_impl.h"
 
+#include <math.h>
 #include <stdlib.h>
 
 #define EXPORT(name) __attribute__((export_name(name)))
@@ -51,4 +54,37 @@ EXPORT("ess_vec_dot") float abi_vec_dot(const ess_kernels *k, uint32_t wtype, in
     float s;
     k->vec_dot[wtype](n, &s, w, a);
     return s;
+}
+
+/* A node's slice product (matmul.h): out[t*n_rows + r] for n_rows weight rows of wtype
+ * (ne0 each) and n_tok activation rows of its dot type, summed as mode says (0 plain
+ * dots, 1 and 2 llama.cpp's repacked arithmetic). -1 for a type without a dot or a bad
+ * size, else 0. */
+EXPORT("ess_matmul_ex") int abi_matmul_ex(const ess_kernels *k, uint32_t wtype, int mode, const void *w, int ne0,
+                                          int n_rows, const void *act, int n_tok, float *out) {
+    if (wtype >= ESS_TYPE_COUNT || !k->vec_dot[wtype] || !ess_row_size(wtype, ne0) || mode < 0 || mode > 2 || n_rows < 1 ||
+        n_tok < 1)
+        return -1;
+    ess_matmul_ex(k, wtype, (ess_matmul_mode)mode, w, ne0, n_rows, act, n_tok, out, (size_t)n_rows);
+    return 0;
+}
+
+/* n_tok rows of ne0 floats -> activations of wtype's dot type, as the asker quantizes
+ * them for mode (ess_matmul_quantize). -1 for a bad type or size, else 0. */
+EXPORT("ess_matmul_quantize") int abi_matmul_quantize(const ess_kernels *k, uint32_t wtype, int mode, const float *x,
+                                                      int n_tok, int ne0, void *act) {
+    const ess_type_traits *t = ess_type_info(wtype);
+    if (!t || !t->has_kernels || !ess_row_size((uint32_t)t->vec_dot_type, ne0) || mode < 0 || mode > 2 || n_tok < 1) return -1;
+    ess_matmul_quantize(k, wtype, (ess_matmul_mode)mode, x, n_tok, ne0, act);
+    return 0;
+}
+
+/* fma(x, y, z) rounded once: the kernels' emulation (which = 0) and wasi-libc's fmaf
+ * (which = 1, what the scalar mirrors in ops.c and quant_repack.c call), for the test
+ * that holds both against x86's vfmadd. */
+EXPORT("ess_fma_f32") float abi_fma_f32(int which, float x, float y, float z) {
+#if defined(__wasm_simd128__)
+    if (!which) return ess_fma_f32_exact((double)x * (double)y, z);
+#endif
+    return fmaf(x, y, z);
 }

@@ -125,12 +125,15 @@ static const ess_frag_hitem *tensor_item(abi_node *n, const abi_frag *f, uint32_
 }
 
 /* COMPUTE: out[t*(r1-r0) + c] = dot(row r0+c of item, activation row t), rows counted
- * from the item's first row. act: act_len bytes, n_tok rows of act_type (which must be
- * the weight's dot type) of n_in (= ne0) elements; out holds n_tok*(r1-r0) floats.
+ * from the item's first row, summed as mm_mode says (ess_matmul_mode: 0 plain dots, 1 and
+ * 2 llama.cpp's repacked arithmetic; the same bits as a native node). act: act_len bytes,
+ * n_tok rows of act_type (which must be the weight's dot type) of n_in (= ne0) elements,
+ * all the tokens the asker quantized together; out holds n_tok*(r1-r0) floats.
  * Returns 0, or a negative ESS_E* with a message naming the wrong field. */
-EXPORT("ess_node_compute") int abi_node_compute(abi_node *n, const abi_frag *f, uint32_t item, uint32_t r0, uint32_t r1,
-                                                uint32_t act_type, uint32_t n_tok, uint32_t n_in, const void *act,
-                                                uint32_t act_len, float *out) {
+EXPORT("ess_node_compute_ex") int abi_node_compute_ex(abi_node *n, const abi_frag *f, uint32_t item, uint32_t r0,
+                                                      uint32_t r1, uint32_t act_type, uint32_t n_tok, uint32_t n_in,
+                                                      const void *act, uint32_t act_len, float *out, uint32_t mm_mode) {
+    if (mm_mode > ESS_WIRE_MAX_MM_MODE) return ess_fail(&n->err, ESS_EINVAL, "mm_mode %u is not 0..%d", mm_mode, ESS_WIRE_MAX_MM_MODE);
     const ess_frag_hitem *it = tensor_item(n, f, item);
     if (!it) return n->err.code;
     const uint64_t rows = it->row1 - it->row0;
@@ -145,8 +148,16 @@ EXPORT("ess_node_compute") int abi_node_compute(abi_node *n, const abi_frag *f, 
         return ess_fail(&n->err, ESS_EINVAL, "activations: %u bytes for %u tokens of %llu bytes", act_len, n_tok, (unsigned long long)arow);
     const uint64_t wrow = ess_row_size(it->type, (int64_t)it->ne0);
     const uint8_t *w = f->payload + it->frag_offset + (uint64_t)r0 * wrow;
-    ess_matmul(&n->k, it->type, w, (int64_t)it->ne0, (int64_t)(r1 - r0), act, (int)n_tok, out, r1 - r0);
+    ess_matmul_ex(&n->k, it->type, (ess_matmul_mode)mm_mode, w, (int64_t)it->ne0, (int64_t)(r1 - r0), act, (int)n_tok, out,
+                  r1 - r0);
     return 0;
+}
+
+/* ess_node_compute_ex with plain dots (mm_mode 0), for callers older than mm_mode. */
+EXPORT("ess_node_compute") int abi_node_compute(abi_node *n, const abi_frag *f, uint32_t item, uint32_t r0, uint32_t r1,
+                                                uint32_t act_type, uint32_t n_tok, uint32_t n_in, const void *act,
+                                                uint32_t act_len, float *out) {
+    return abi_node_compute_ex(n, f, item, r0, r1, act_type, n_tok, n_in, act, act_len, out, ESS_MATMUL_VEC);
 }
 
 /* ROWS: out[i*ne0 + c] = row ids[i] of item (counted from its first row), dequantized. */
@@ -211,7 +222,8 @@ EXPORT("ess_node_frame") uint32_t abi_node_frame(abi_node *n, const abi_frag *f,
         n_tok = c.n_tok;
         n_cols = c.r1 - c.r0;
         if (!(vals = malloc((size_t)n_tok * n_cols * sizeof *vals))) goto oom;
-        if (abi_node_compute(n, f, c.item, c.r0, c.r1, c.act_type, c.n_tok, c.n_in, c.act, (uint32_t)(c.act_row_bytes * c.n_tok), vals))
+        if (abi_node_compute_ex(n, f, c.item, c.r0, c.r1, c.act_type, c.n_tok, c.n_in, c.act,
+                                (uint32_t)(c.act_row_bytes * c.n_tok), vals, c.mm_mode))
             { size = error_frame(n, h.id, ESS_WERR_BAD_SIZE); goto out; }
     } else if (h.type == ESS_WIRE_ROWS) {
         ess_wire_rows r;

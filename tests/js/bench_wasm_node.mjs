@@ -2,9 +2,10 @@
 //   1. compute: COMPUTE over a whole Q4_K fragment of about 10 MB (a tinyllama-shaped synth
 //      model, 2 layers, Q4_K_M, cut at 10M) in wasm (each module: essaim.wasm, and
 //      essaim-relaxed.wasm when built), in Node and in headless Chromium,
-//      against the native node's ess_matmul on one thread (build/bench_matmul), on the same
-//      activation bytes; both the bare kernel call (ess_node_compute) and the whole frame
-//      path a browser node runs per request (NodeCore.handle: frame in, RESULT frame out);
+//      against the native node's ess_matmul_ex on one thread (build/bench_matmul), on the same
+//      activation bytes, each tensor in the mode the swarm's driver asks (mm_mode: llama.cpp's
+//      repacked arithmetic for Q4_K); both the bare kernel call (ess_node_compute_ex) and the
+//      whole frame path a browser node runs per request (NodeCore.handle: frame in, RESULT out);
 //   2. sizes: essaim.wasm, and the bytes of each page (html + css + js it loads);
 //   3. join: time from clicking Join on the contribute page to the first COMPUTE answered
 //      (a relay serving the synth model's fragments, one browser node, an asker that sends
@@ -72,7 +73,7 @@ async function benchWasm({ NodeCore, wire, wasm, file, id, acts, items, nTok, re
     return { ...it, act, at: X.ess_vec_dot_type(it.type), pa: node.put(act), po: X.ess_alloc(4 * it.rows * nTok) };
   });
   const frames = jobs.map((j, i) => wire.encodeCompute(i + 1, { frag: wire.unhex(id), item: j.item, r0: 0, r1: j.rows, actType: j.at,
-                                                                 nTok, nIn: j.ne0, act: j.act }));
+                                                                 nTok, nIn: j.ne0, mmMode: j.mmMode, act: j.act }));
   const time = pass => {
     pass();
     const ms = [];
@@ -82,8 +83,8 @@ async function benchWasm({ NodeCore, wire, wasm, file, id, acts, items, nTok, re
   };
   const kernel = time(() => {
     for (const j of jobs) {
-      const rc = X.ess_node_compute(node.n, f, j.item, 0, j.rows, j.at, nTok, j.ne0, j.pa, j.act.length, j.po);
-      if (rc) throw new Error(`ess_node_compute: ${node.cstr(X.ess_node_err(node.n))}`);
+      const rc = X.ess_node_compute_ex(node.n, f, j.item, 0, j.rows, j.at, nTok, j.ne0, j.pa, j.act.length, j.po, j.mmMode);
+      if (rc) throw new Error(`ess_node_compute_ex: ${node.cstr(X.ess_node_err(node.n))}`);
     }
   });
   const sums = jobs.map(j => { let s = 0; for (const v of node.f32(j.po, j.rows * nTok)) s += v; return s; });
@@ -94,7 +95,8 @@ async function benchWasm({ NodeCore, wire, wasm, file, id, acts, items, nTok, re
   return { kernel, framed, sums, isa: X.ess_cpu_isa() };
 }
 
-const items = nat.items.map(({ item, type, ne0, rows }) => ({ item, type, ne0, rows }));
+// each item in the mode the swarm's driver asks of it (bench_matmul says which)
+const items = nat.items.map(({ item, type, mm_mode, ne0, rows }) => ({ item, type, mmMode: mm_mode, ne0, rows }));
 const job = { wire, file, id: pick.id, acts, items, nTok, reps };
 const check = sums => sums.every((s, i) => Math.abs(s - nat.items[i].sum) <= 1e-3 * Math.max(1, Math.abs(nat.items[i].sum)));
 const inNode = {};

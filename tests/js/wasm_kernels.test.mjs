@@ -1,7 +1,8 @@
 // wasm_kernels.test.mjs - the core's kernels built to wasm (Makefile.emscripten-free), run
 // in Node through our own WASI shim (web/js/wasi.js), against the native build on the same
-// inputs (build/kernel_probe). Quantized bytes must be identical; dot products equal within
-// a relative 1e-5 (SIMD128 sums in another order than the scalar reference).
+// inputs (build/kernel_probe). Quantized bytes must be identical; single dots equal the
+// scalar reference within a relative 1e-5 (the reference sums in another order), and what
+// a node answers (ess_matmul_ex) has exactly the native bits.
 //
 // The same checks then run on build/wasm/essaim-relaxed.wasm (relaxed SIMD) when it was
 // built: in a child `node --experimental-wasm-relaxed-simd` running this file again with
@@ -92,6 +93,90 @@ for (const [name, type, sizes] of TYPES) {
     }
   });
 }
+
+// What a node answers to a COMPUTE, bit for bit: ess_matmul_ex on the wasm kernels must give
+// the floats the native build gives on this (AVX2) machine, for every weight type, every
+// mm_mode (repacked Q4_0/Q4_K/Q2_K arithmetic; other types ignore it), and batches of 1..9
+// tokens and a wide one (37: gemm groups, tiles and leftovers). 12 rows: one 8-row tile and
+// four rows outside it. Activations are quantized as the asker does for the mode.
+const MM_TOKS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 37], MM_ROWS = 12;
+const REPACKED = new Set([2, 10, 12]);  // Q4_0, Q2_K, Q4_K
+const MM_NE0 = { F32: [1008, 1001], F16: [1008, 1000], BF16: [1008, 1001] };
+const u8hex = (ptr, n) => Buffer.from(new Uint8Array(core.memory.buffer, ptr, n)).toString('hex');
+for (const [name, type, sizes] of TYPES) {
+  test(`${name}: wasm ess_matmul_ex gives the native bits (every mm_mode, 1..9 and 37 tokens)`, () => {
+    const at = X.ess_vec_dot_type(type);
+    for (const ne0 of MM_NE0[name] ?? [sizes[1], sizes[2]]) {
+      for (const mode of REPACKED.has(type) ? [0, 1, 2] : [0, 1]) {
+        const w = randomFloats(MM_ROWS * ne0, 31 * type + ne0, 1.0), x = randomFloats(37 * ne0, 77 * type + ne0 + mode, 3.0);
+        const wf = join(dir, 'mw.f32'), xf = join(dir, 'mx.f32');
+        writeFileSync(wf, Buffer.from(w.buffer));
+        writeFileSync(xf, Buffer.from(x.buffer));
+        const lines = execFileSync(probe, ['matmul', String(type), String(ne0), String(MM_ROWS), String(mode), wf, xf, ...MM_TOKS.map(String)],
+                                   { maxBuffer: 64 << 20 }).toString().trim().split('\n').map(l => JSON.parse(l));
+        const wrow = X.ess_row_size(type, ne0), arow = X.ess_row_size(at, ne0);
+        const pw = X.ess_alloc(4 * w.length), px = X.ess_alloc(4 * x.length), qw = X.ess_alloc(wrow * MM_ROWS);
+        const qa = X.ess_alloc(arow * 37), out = X.ess_alloc(4 * MM_ROWS * 37);
+        new Float32Array(core.memory.buffer, pw, w.length).set(w);
+        new Float32Array(core.memory.buffer, px, x.length).set(x);
+        for (let r = 0; r < MM_ROWS; r++) assert.equal(X.ess_quantize(kRef, type, pw + 4 * r * ne0, qw + r * wrow, ne0), 0);
+        for (const nat of lines) {
+          const what = `${name} ne0=${ne0} mode=${mode} n_tok=${nat.n_tok}`;
+          assert.equal(sha(qw, wrow * MM_ROWS), nat.w_sha, `${what}: weight bytes`);
+          assert.equal(X.ess_matmul_quantize(kSimd, type, mode, px, nat.n_tok, ne0, qa), 0);
+          assert.equal(sha(qa, arow * nat.n_tok), nat.a_sha, `${what}: activation bytes`);
+          assert.equal(X.ess_matmul_ex(kSimd, type, mode, qw, ne0, MM_ROWS, qa, nat.n_tok, out), 0);
+          const got = u8hex(out, 4 * MM_ROWS * nat.n_tok);
+          if (got !== nat.out) {
+            const g = new Float32Array(Buffer.from(got, 'hex').buffer), e = new Float32Array(Buffer.from(nat.out, 'hex').buffer);
+            const bad = g.findIndex((v, i) => !Object.is(v, e[i]));
+            assert.fail(`${what}: output ${bad} (token ${Math.floor(bad / MM_ROWS)}, row ${bad % MM_ROWS}) is ${g[bad]}, native ${e[bad]}` +
+                        ` (${g.filter((v, i) => !Object.is(v, e[i])).length} of ${g.length} differ)`);
+          }
+        }
+        for (const p of [pw, px, qw, qa, out]) X.ess_free(p);
+      }
+    }
+  });
+}
+
+// The FMA emulation behind those bits (quant_impl.h), and wasi-libc's fmaf (what the scalar
+// mirrors in ops.c and quant_repack.c call), against x86's correctly rounded fmaf: random
+// triples over wide exponents, and crafted ones whose f64 sum lands on an f32 midpoint
+// (where rounding twice goes wrong), near overflow and in the subnormal range.
+function fmaTriples() {
+  const r = randomFloats(3 * 4000, 99, 1.0), t = [];
+  for (let i = 0; i < 4000; i++) {
+    const e = k => Math.pow(2, Math.round(r[(3 * i + k + 1) % r.length] * 40));
+    t.push(r[3 * i] * e(0), r[3 * i + 1] * e(1), r[3 * i + 2] * e(2));
+  }
+  const f = v => Math.fround(v), ulp = 2 ** -23;
+  for (let k = 0; k < 64; k++) {
+    const c = f(1 + (2 * k + 1) * ulp), s = k % 2 ? -1 : 1;  // odd last bit: ties go up, the truth below
+    t.push(f(1 + ulp), f((1 - ulp) * 2 ** -24), c, f(1 + ulp), f((1 - ulp) * 2 ** -24), f(1 + 2 * k * ulp));
+    t.push(s * f(1 + ulp), f((1 + ulp) * 2 ** -24), s * c, f(1 - ulp / 2), f(2 ** -24), c);
+    t.push(f(2 ** -70 * (1 + k * ulp)), f(2 ** -70), f(2 ** -140 * (k + 1)), f(3e38), f(1 + k * ulp), f(-3e38));
+  }
+  return Float32Array.from(t);
+}
+const fmaCheck = which => () => {
+  const t = fmaTriples(), tf = join(dir, 'fma.f32');
+  writeFileSync(tf, Buffer.from(t.buffer));
+  const nat = new Float32Array(Buffer.from(execFileSync(probe, ['fma', tf]).toString().trim(), 'hex').buffer);
+  {
+    const bad = [];
+    for (let i = 0; i < nat.length; i++) {
+      const got = X.ess_fma_f32(which, t[3 * i], t[3 * i + 1], t[3 * i + 2]);
+      if (!Object.is(Math.fround(got), nat[i])) bad.push(`fma(${t[3 * i]}, ${t[3 * i + 1]}, ${t[3 * i + 2]}) = ${got}, x86 ${nat[i]}`);
+    }
+    assert.deepEqual(bad.slice(0, 5), [], `${which ? 'wasi-libc fmaf' : 'emulation'}: ${bad.length} of ${nat.length} differ`);
+  }
+};
+test('the kernels\' FMA emulation rounds as x86 fmaf', fmaCheck(0));
+// Debian's wasi-libc (2022-05) computes fmaf as one f64 sum rounded to f32: wrong on the
+// midpoint cases, so ops.c's scalar chains in wasm can differ from x86 there (rarely: about
+// 2^-28 per operation on random data). Reported, not this file's to fix.
+test('wasi-libc fmaf rounds as x86 fmaf', { todo: 'double rounding on f32 midpoints' }, fmaCheck(1));
 
 // Every bit pattern of the weights, not only what the quantizers write: random weight bytes
 // (scales set to 1 so that no block is Inf/NaN) and activations saturating +-127, SIMD128

@@ -5,12 +5,15 @@
  *   bench_matmul FRAGMENT.esf N_TOK REPS [ACT_DIR]
  *
  * For every tensor item of the fragment: N_TOK activation rows of seeded floats (ess_rng,
- * seed 1000 + item index) quantized to the item's dot type with the dispatched quantizer,
- * then REPS timed passes of ess_matmul over all the item's rows, after one untimed pass.
+ * seed 1000 + item index) quantized to the item's dot type as the driver quantizes them,
+ * then REPS timed passes of ess_matmul_ex over all the item's rows, after one untimed pass,
+ * in the mode the driver asks of that tensor (llama.cpp's repacked arithmetic for Q4_0,
+ * Q4_K and Q2_K, whose tensors have a multiple of 8 rows in every real model; plain dots
+ * otherwise): what a node computes for the swarm.
  * ACT_DIR, when given, receives each item's quantized activations as act-<item>.bin, so
  * that the wasm side computes on the very same bytes. Prints one JSON line:
  *   {"isa", "n_tok", "reps", "payload_bytes", "ms_best", "ms_median", "gb_s",
- *    "items": [{"item", "name", "type", "ne0", "rows", "sum"}]}
+ *    "items": [{"item", "name", "type", "mm_mode", "ne0", "rows", "sum"}]}
  * where ms_* are per pass over the whole fragment and sum is the sum of the item's outputs
  * (the wasm side must agree within float rounding). Not part of the test suite. */
 #ifndef _GNU_SOURCE
@@ -52,6 +55,7 @@ static int cmp_double(const void *a, const void *b) {
 
 typedef struct {
     const ess_frag_hitem *it;
+    ess_matmul_mode mode;
     const uint8_t *w;
     void *act;
     float *out;
@@ -85,15 +89,15 @@ int main(int argc, char **argv) {
         float *x = malloc(sizeof(float) * it->ne0);
         job *j = &jobs[n_jobs++];
         j->it = it;
+        j->mode = ess_matmul_mode_of(it->type, 8, h.cls == ESS_FRAG_EXPERT ? 3 : 2);
         j->w = payload + it->frag_offset;
         j->act = malloc(arow * (size_t)n_tok);
         j->out = malloc(sizeof(float) * rows * (size_t)n_tok);
         ess_rng r;
         ess_rng_seed(&r, 1000 + i);
-        for (int tk = 0; tk < n_tok; tk++) {
-            for (uint64_t c = 0; c < it->ne0; c++) x[c] = 2.0f * ess_rng_f32(&r) - 1.0f;
-            k.from_float[at](x, (uint8_t *)j->act + arow * (size_t)tk, (int64_t)it->ne0);
-        }
+        x = realloc(x, sizeof(float) * it->ne0 * (size_t)n_tok);
+        for (uint64_t c = 0; c < it->ne0 * (uint64_t)n_tok; c++) x[c] = 2.0f * ess_rng_f32(&r) - 1.0f;
+        ess_matmul_quantize(&k, it->type, j->mode, x, n_tok, (int64_t)it->ne0, j->act);
         free(x);
         if (argc == 5) {
             char path[4096];
@@ -114,7 +118,8 @@ int main(int argc, char **argv) {
         for (uint32_t q = 0; q < n_jobs; q++) {
             const ess_frag_hitem *it = jobs[q].it;
             uint64_t rows = it->row1 - it->row0;
-            ess_matmul(&k, it->type, jobs[q].w, (int64_t)it->ne0, (int64_t)rows, jobs[q].act, n_tok, jobs[q].out, rows);
+            ess_matmul_ex(&k, it->type, jobs[q].mode, jobs[q].w, (int64_t)it->ne0, (int64_t)rows, jobs[q].act, n_tok,
+                          jobs[q].out, rows);
         }
         if (rep >= 0) ms[rep] = now_ms() - t0;
     }
@@ -127,9 +132,9 @@ int main(int argc, char **argv) {
         uint64_t rows = it->row1 - it->row0;
         double sum = 0;
         for (uint64_t c = 0; c < rows * (uint64_t)n_tok; c++) sum += jobs[q].out[c];
-        printf("%s{\"item\":%u,\"name\":\"%.*s\",\"type\":%u,\"ne0\":%llu,\"rows\":%llu,\"sum\":%.9g}", q ? "," : "",
-               (unsigned)(it - h.items), (int)it->name_len, it->name, it->type, (unsigned long long)it->ne0,
-               (unsigned long long)rows, sum);
+        printf("%s{\"item\":%u,\"name\":\"%.*s\",\"type\":%u,\"mm_mode\":%d,\"ne0\":%llu,\"rows\":%llu,\"sum\":%.9g}",
+               q ? "," : "", (unsigned)(it - h.items), (int)it->name_len, it->name, it->type, (int)jobs[q].mode,
+               (unsigned long long)it->ne0, (unsigned long long)rows, sum);
         free(jobs[q].act);
         free(jobs[q].out);
     }

@@ -70,7 +70,8 @@ export class NodeCore extends Core {
   constructor(core) { super(core); this.n = this.X.ess_node_new(); this.frags = new Map(); }
 
   // Opens a fragment file (Uint8Array) under its id (hex sha256). Returns what it holds:
-  // {id, index, cls, items: [{tensor, name, type, expert, ne0, row0, row1, bytes}], size}.
+  // {id, index, cls, items: [{tensor, name, type, expert, ne0, row0, row1, bytes, offset (in the
+  // payload)}], size, headerBytes}.
   open(id, bytes) {
     if (this.frags.has(id)) return this.frags.get(id).info;
     const p = this.put(bytes);
@@ -83,9 +84,9 @@ export class NodeCore extends Core {
       this.X.ess_node_item_info(f, i, this._s);
       const v = Array.from(this.scratchU32(10));
       items.push({ tensor: v[0], type: v[1], expert: v[2], ne0: v[3], row0: v[4], row1: v[5], bytes: v[6],
-                   name: dec.decode(this.u8(v[7], v[8]).slice()) });
+                   name: dec.decode(this.u8(v[7], v[8]).slice()), offset: v[9] });
     }
-    const info = { id, index: fi[0], cls: CLASS_NAME[fi[1]] ?? '?', items, size: bytes.length,
+    const info = { id, index: fi[0], cls: CLASS_NAME[fi[1]] ?? '?', items, size: bytes.length, headerBytes: fi[3],
                    modelId: wire.hex(this.u8(fi[10], 32)) };
     this.frags.set(id, { p, f, info });
     return info;
@@ -236,7 +237,8 @@ export class DriverCore extends Core {
     for (let i = 0; i < n; i++) {
       const v = t.slice(i * R, (i + 1) * R);
       const q = { idLo: v[0], idHi: v[1], key: v[1] * 2 ** 32 + v[0], kind: v[2], frag: v[3], item: v[4], r0: v[5], r1: v[6],
-                  wtype: v[7], ne0: v[8], actType: v[11], nTok: v[12], outCols: v[15], layer: v[18] | 0, tensor: v[19] };
+                  wtype: v[7], ne0: v[8], actType: v[11], nTok: v[12], outCols: v[15], layer: v[18] | 0, tensor: v[19],
+                  mmMode: R > 20 ? v[20] : 0 };  // a core older than the field: plain dots
       if (q.kind === 0) {
         const k = `${v[9]}:${v[10] * v[12]}`;
         if (!acts.has(k)) acts.set(k, this.u8(v[9], v[10] * v[12]).slice());
@@ -279,6 +281,6 @@ export class DriverCore extends Core {
 export function requestFrame(wireId, q, fragId, deadlineMs = 30000) {
   return q.kind === 0
     ? wire.encodeCompute(wireId, { frag: fragId, item: q.item, r0: q.r0, r1: q.r1, actType: q.actType, nTok: q.nTok,
-                                   nIn: q.ne0, deadlineMs, act: q.act })
+                                   nIn: q.ne0, deadlineMs, mmMode: q.mmMode ?? 0, act: q.act })
     : wire.encodeRows(wireId, { frag: fragId, item: q.item, ids: q.ids, nIn: q.ne0, deadlineMs });
 }

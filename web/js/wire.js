@@ -25,7 +25,7 @@ export const E = Object.freeze({
 });
 export const ERROR_NAME = Object.fromEntries(Object.entries(E).map(([k, v]) => [v, k]));
 
-export const MAX_BINARY = 64 << 20, MAX_JSON = 1 << 20, MAX_NTOK = 4096;
+export const MAX_BINARY = 64 << 20, MAX_JSON = 1 << 20, MAX_NTOK = 4096, MAX_MM_MODE = 2;
 export const COMPUTE_FIXED = 64, ROWS_FIXED = 48, RESULT_FIXED = 8, ERROR_FIXED = 2;
 const JSON_TYPES = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 16, 17]);
 
@@ -82,11 +82,14 @@ export function decodeJson(payload) {
 }
 
 // frag: 32-byte Uint8Array (sha256 of the fragment file); act: Uint8Array of n_tok rows.
-export function encodeCompute(id, { frag, item, r0, r1, actType, nTok, nIn, deadlineMs = 30000, act }) {
+// mmMode (payload byte 60): how the node sums, 0 plain dots, 1 llama.cpp's repacked
+// gemm/gemv, 2 repacked gemv only (the driver's per-tensor ess_matmul_mode).
+export function encodeCompute(id, { frag, item, r0, r1, actType, nTok, nIn, deadlineMs = 30000, mmMode = 0, act }) {
+  if (!(mmMode >= 0 && mmMode <= MAX_MM_MODE)) throw new WireError(`COMPUTE mm_mode ${mmMode} is not 0..${MAX_MM_MODE}`);
   const { buf, dv } = frame(T.COMPUTE, 0, id, COMPUTE_FIXED + act.length);
   const p = HEADER;
   buf.set(frag, p);
-  [item, r0, r1, actType, nTok, nIn, deadlineMs, 0].forEach((v, i) => dv.setUint32(p + 32 + 4 * i, v, true));
+  [item, r0, r1, actType, nTok, nIn, deadlineMs, mmMode].forEach((v, i) => dv.setUint32(p + 32 + 4 * i, v, true));
   buf.set(act, p + COMPUTE_FIXED);
   return buf;
 }
@@ -95,8 +98,9 @@ export function decodeCompute(payload) {
   if (payload.length < COMPUTE_FIXED) throw new WireError(`COMPUTE payload of ${payload.length} bytes, needs ${COMPUTE_FIXED}`);
   const dv = new DataView(payload.buffer, payload.byteOffset, payload.length);
   const u = i => dv.getUint32(32 + 4 * i, true);
+  if (u(7) > MAX_MM_MODE) throw new WireError(`COMPUTE mm_mode ${u(7)} at payload byte 60 is not 0..${MAX_MM_MODE}`);
   return { frag: payload.subarray(0, 32), item: u(0), r0: u(1), r1: u(2), actType: u(3), nTok: u(4), nIn: u(5),
-           deadlineMs: u(6), act: payload.subarray(COMPUTE_FIXED) };
+           deadlineMs: u(6), mmMode: u(7), act: payload.subarray(COMPUTE_FIXED) };
 }
 
 // ids: row ids counted from the item's first row.
