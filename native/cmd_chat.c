@@ -431,18 +431,10 @@ int ess_cmd_chat(int argc, char **argv) {
     if (!(tok = ess_tok_new(&en.src.g, &e))) { fprintf(stderr, "essaim chat: %s: tokenizer: %s\n", model, e.msg); goto out; }
 
     if (tmpl < 0) {
-        ess_str jinja = {0};
-        char *j = NULL;
-        if (!ess_gguf_get_str(&en.src.g, "tokenizer.chat_template", &jinja) && (j = malloc(jinja.n + 1))) {
-            memcpy(j, jinja.p, jinja.n);
-            j[jinja.n] = 0;
-            tmpl = ess_chat_detect(j);
-        }
-        if (tmpl < 0)
-            fprintf(stderr, "essaim chat: %s; using the plain template (--template NAME to choose)\n",
-                    j ? "the model's chat template is not one essaim knows" : "the model has no chat template");
-        free(j);
-        if (tmpl < 0) tmpl = ESS_CHAT_PLAIN;
+        int known;
+        tmpl = ess_gen_model_template(&en.src.g, &known);
+        if (!known)
+            fprintf(stderr, "essaim chat: the model has no chat template essaim knows; using the plain one (--template NAME to choose)\n");
     }
 
     /* stop strings: the template's and --stop; stop ids: control tokens spelled as one of them

@@ -269,6 +269,21 @@ const char *ess_gen_answer(const ess_gen *g, size_t *len) {
     return g->text;
 }
 
+int ess_gen_set_opts(ess_gen *g, const ess_gen_opts *o) {
+    ess_sampler s;
+    if (ess_sampler_init(&s, &o->sp, g->b.n_vocab)) {
+        fail(g, ESS_EINVAL, "sampler: %s", s.err.msg);
+        ess_sampler_free(&s);
+        return ESS_EINVAL;
+    }
+    ess_sampler_free(&g->smp);
+    g->smp = s;
+    g->o = *o;
+    if (o->accept_prompt)
+        for (int i = 0; i < g->n_past; i++) ess_sampler_accept(&g->smp, g->cache[i]);
+    return 0;
+}
+
 int ess_gen_reset(ess_gen *g) {
     answer_reset(g);
     g->logits = NULL;
@@ -276,6 +291,20 @@ int ess_gen_reset(ess_gen *g) {
     g->n_past = 0;
     ess_sampler_reset(&g->smp);
     return 0;
+}
+
+int ess_gen_model_template(ess_gguf *g, int *known) {
+    ess_str jinja = {0};
+    char *j = NULL;
+    int tmpl = -1;
+    if (!ess_gguf_get_str(g, "tokenizer.chat_template", &jinja) && (j = malloc(jinja.n + 1))) {
+        memcpy(j, jinja.p, jinja.n);
+        j[jinja.n] = 0;
+        tmpl = ess_chat_detect(j);
+    }
+    free(j);
+    *known = tmpl >= 0;
+    return tmpl >= 0 ? tmpl : ESS_CHAT_PLAIN;
 }
 
 const char *ess_gen_why_str(ess_gen_why why) {

@@ -123,8 +123,18 @@ int ess_gen_next(ess_gen *g, const char **text, size_t *len);
 /* The answer so far as shown: NUL-terminated, stop string excluded. */
 const char *ess_gen_answer(const ess_gen *g, size_t *len);
 
+/* Replaces the options between answers (sampling, stops, limits), as a server does per
+ * request; the cache stays. The sampler starts afresh with o->sp (its seed included) and,
+ * with accept_prompt, the cached tokens as its penalty history. 0, or ESS_EINVAL for bad
+ * sampling parameters (the old options stay; message in g->err). */
+int ess_gen_set_opts(ess_gen *g, const ess_gen_opts *o);
+
 /* Empties the cache (rewind to 0) and resets the sampler (history, seed). 0 or < 0. */
 int ess_gen_reset(ess_gen *g);
+
+/* The chat template (chat.h) the model's tokenizer.chat_template stands for, or
+ * ESS_CHAT_PLAIN with *known = 0 when it has none or one essaim does not recognise. */
+int ess_gen_model_template(ess_gguf *g, int *known);
 
 /* A few words for g->why ("end of text", "stop string", ...). */
 const char *ess_gen_why_str(ess_gen_why why);
