@@ -283,16 +283,64 @@ int ess_dir_verified(ess_dir *d, uint32_t node, uint32_t f, int ok, uint64_t now
     if (f >= d->n_frags || node >= d->n_nodes) return ESS_EINVAL;
     ess_dir_frag *fr = &d->frags[f];
     int h = holder_find(fr, node);
-    if (h < 0 || fr->holders[h].state != ESS_DIR_CLAIMED) return ESS_EINVAL;
+    if (h < 0 || fr->holders[h].state == ESS_DIR_ASSIGNED) return ESS_EINVAL;
     if (ok) {
-        fr->holders[h].state = ESS_DIR_HELD;
-        fr->holders[h].since_ms = now;
+        if (fr->holders[h].state == ESS_DIR_CLAIMED) {
+            fr->holders[h].state = ESS_DIR_HELD;
+            fr->holders[h].since_ms = now;
+        }
         d->ctr.claims_ok++;
     } else {
-        hold_remove(d, node, f);
+        hold_remove(d, node, f); /* marks placement dirty: re-replication on the next tick */
         d->ctr.claims_bad++;
+        d->nodes[node].stats.bad_proofs++;
     }
     return 0;
+}
+
+uint32_t ess_dir_spot_pick(const ess_dir *d, uint32_t node, uint64_t rnd) {
+    if (node >= d->n_nodes || !d->nodes[node].live) return ESS_DIR_NONE;
+    const ess_dir_node *nd = &d->nodes[node];
+    uint32_t held = 0;
+    for (uint32_t i = 0; i < nd->n_frags; i++) held += ess_dir_holding(d, node, nd->frags[i]) == ESS_DIR_HELD;
+    if (!held) return ESS_DIR_NONE;
+    uint64_t k = rnd % held;
+    for (uint32_t i = 0; i < nd->n_frags; i++)
+        if (ess_dir_holding(d, node, nd->frags[i]) == ESS_DIR_HELD && !k--) return nd->frags[i];
+    return ESS_DIR_NONE; /* not reached */
+}
+
+/* Is node a less stable holder than node b (released first)? */
+static int less_stable(const ess_dir *d, uint32_t a, uint32_t b, uint64_t now) {
+    uint64_t pa = d->nodes[a].stats.bad_proofs, pb = d->nodes[b].stats.bad_proofs;
+    if (pa != pb) return pa > pb;
+    uint64_t ua = ess_dir_node_uptime_s(d, a, now), ub = ess_dir_node_uptime_s(d, b, now);
+    if (ua != ub) return ua < ub;
+    return a > b;
+}
+
+uint32_t ess_dir_surplus(const ess_dir *d, uint32_t f, uint64_t now, uint32_t *out, uint32_t cap) {
+    if (f >= d->n_frags) return 0;
+    uint32_t live = ess_dir_live_replicas(d, f);
+    if (live <= d->cfg.replicas) return 0;
+    uint32_t want = live - d->cfg.replicas, n = 0;
+    if (want > cap) want = cap;
+    const ess_dir_frag *fr = &d->frags[f];
+    /* Selection by repeated minimum: a fragment has a handful of holders. */
+    while (n < want) {
+        uint32_t pick = ESS_DIR_NONE;
+        for (uint32_t i = 0; i < fr->n_holders; i++) {
+            uint32_t nd = fr->holders[i].node;
+            if (fr->holders[i].state != ESS_DIR_HELD || !d->nodes[nd].live) continue;
+            int taken = 0;
+            for (uint32_t k = 0; k < n && !taken; k++) taken = out[k] == nd;
+            if (taken) continue;
+            if (pick == ESS_DIR_NONE || less_stable(d, nd, pick, now)) pick = nd;
+        }
+        if (pick == ESS_DIR_NONE) break;
+        out[n++] = pick;
+    }
+    return n;
 }
 
 /* ---- nodes ---- */
@@ -659,6 +707,17 @@ void ess_dir_tick(ess_dir *d, uint64_t now) {
             }
             h++;
         }
+        /* Surplus replicas leave the directory now (no request is routed to them from
+         * here on) and their nodes are told to drop them. */
+        if (fr->n_holders > d->cfg.replicas) {
+            uint32_t drop[16]; /* more than that many surplus holders go on the next tick */
+            uint32_t n = ess_dir_surplus(d, f, now, drop, 16);
+            for (uint32_t k = 0; k < n; k++) {
+                hold_remove(d, drop[k], f);
+                emit(d, (ess_dir_event){.type = ESS_DIR_EV_RELEASE, .node = drop[k], .frag = f, .asker = ESS_DIR_NONE});
+                d->ctr.released++;
+            }
+        }
     }
     if (d->dirty) rebalance(d, now);
 }
@@ -681,6 +740,59 @@ int ess_rate_take(ess_rate *r, uint64_t now, double cost) {
     if (r->tokens < cost) return 0;
     r->tokens -= cost;
     return 1;
+}
+
+/* ---- bans ---- */
+
+void ess_ban_init(ess_banlist *b) { memset(b, 0, sizeof *b); }
+
+void ess_ban_free(ess_banlist *b) {
+    if (!b) return;
+    free(b->v);
+    memset(b, 0, sizeof *b);
+}
+
+static int ban_find(const ess_banlist *b, const void *id, size_t len) {
+    for (uint32_t i = 0; i < b->n; i++)
+        if (b->v[i].len == len && !memcmp(b->v[i].id, id, len)) return (int)i;
+    return -1;
+}
+
+int ess_ban_add(ess_banlist *b, const void *id, size_t len, uint64_t until_ms) {
+    if (!len || len > ESS_BAN_ID_MAX) return ESS_EINVAL;
+    int i = ban_find(b, id, len);
+    if (i >= 0) {
+        if (until_ms > b->v[i].until_ms) b->v[i].until_ms = until_ms;
+        return 0;
+    }
+    uint32_t slot = b->n;
+    if (b->n >= ESS_BAN_MAX) {
+        /* Full: a flood of addresses must not grow the list without bound. */
+        slot = 0;
+        for (uint32_t k = 1; k < b->n; k++)
+            if (b->v[k].until_ms < b->v[slot].until_ms) slot = k;
+    } else {
+        if (grow(&b->v, &b->cap, b->n + 1, sizeof *b->v)) return ESS_ENOMEM;
+        b->n++;
+    }
+    memset(&b->v[slot], 0, sizeof b->v[slot]);
+    memcpy(b->v[slot].id, id, len);
+    b->v[slot].len = (uint32_t)len;
+    b->v[slot].until_ms = until_ms;
+    return 0;
+}
+
+uint64_t ess_ban_left_ms(ess_banlist *b, const void *id, size_t len, uint64_t now) {
+    for (uint32_t i = 0; i < b->n;) { /* forget what has expired */
+        if (b->v[i].until_ms <= now) {
+            b->v[i] = b->v[--b->n];
+            continue;
+        }
+        i++;
+    }
+    if (!len || len > ESS_BAN_ID_MAX) return 0;
+    int i = ban_find(b, id, len);
+    return i < 0 ? 0 : b->v[i].until_ms - now;
 }
 
 /* ---- figures ---- */

@@ -4,7 +4,9 @@
  * libwebsockets, no randomness. The embedder (relay/session.c) passes the time in
  * milliseconds to every call and carries out what the directory decides by draining its
  * event outbox (ASSIGN a fragment to a node, SEND a request to a node, FAIL a request
- * back to its asker, a node is DEAD). Tests drive it with a fake clock.
+ * back to its asker, a node is DEAD, RELEASE a surplus replica). Tests drive it with a
+ * fake clock; where a choice must be random (which holding to spot-check) the embedder
+ * passes the random number.
  *
  * Words:
  *  - node: a contributor session (browser or native) with an identity (Ed25519 public
@@ -99,6 +101,7 @@ typedef struct {
 
 typedef struct {
     uint64_t served, failed, timeouts, bad_answers, bytes_out;
+    uint64_t bad_proofs;         /* possession proofs failed (wrong or late): reputation */
 } ess_dir_node_stats;
 
 typedef struct {
@@ -133,7 +136,8 @@ typedef enum {
     ESS_DIR_EV_ASSIGN = 1,       /* tell `node` to download `frag` */
     ESS_DIR_EV_SEND,             /* send request `req` to `node` (first attempt or re-send), deadline_ms */
     ESS_DIR_EV_FAIL,             /* tell `asker` that its request `asker_req` failed (code, reason) */
-    ESS_DIR_EV_DEAD              /* `node` missed its heartbeats: close its session */
+    ESS_DIR_EV_DEAD,             /* `node` missed its heartbeats: close its session */
+    ESS_DIR_EV_RELEASE           /* tell `node` to drop `frag`: a surplus replica (already out of the directory) */
 } ess_dir_ev_type;
 
 typedef struct {
@@ -148,6 +152,7 @@ typedef struct {
 typedef struct {
     uint64_t routed, completed, resent, failed, duplicates, bad_answers, timeouts;
     uint64_t assigned, claims_ok, claims_bad, nodes_dead;
+    uint64_t released;           /* surplus replicas released */
 } ess_dir_counters;
 
 typedef struct {
@@ -222,9 +227,23 @@ uint32_t ess_dir_find_node(const ess_dir *d, const uint8_t key[32]);
  * it; ESS_EINVAL (with e): unknown node or fragment, already HELD or CLAIMED, or over its
  * budget. An ASSIGNED fragment becomes CLAIMED. */
 int ess_dir_claim(ess_dir *d, uint32_t node, uint32_t f, uint64_t now, ess_err *e);
-/* Outcome of the possession challenge of a CLAIMED fragment: ok -> HELD; else the
- * holding is dropped (and counted). Returns 0, or ESS_EINVAL if no such claim. */
+/* Outcome of a possession challenge: of a CLAIMED fragment (the check after HOLDINGS:
+ * ok -> HELD) or of a HELD one (a spot check: ok -> stays HELD). Not ok (wrong or late
+ * proof): the holding is dropped, counted in claims_bad and in the node's bad_proofs, and
+ * placement looks at f again on the next tick. Returns 0, or ESS_EINVAL if the node has
+ * no such claim or holding. */
 int ess_dir_verified(ess_dir *d, uint32_t node, uint32_t f, int ok, uint64_t now);
+/* Which of live node's HELD fragments to spot-check: the (rnd mod count)-th of them, so a
+ * uniform rnd gives a uniform pick. ESS_DIR_NONE when the node is not live or holds
+ * nothing proven (ASSIGNED and CLAIMED fragments are never picked: their first check is
+ * pending). */
+uint32_t ess_dir_spot_pick(const ess_dir *d, uint32_t node, uint64_t rnd);
+/* The holders of fragment f to release so that it keeps exactly R live replicas: none
+ * when it has R or fewer. Only HELD holdings of live nodes count and only they are
+ * chosen, least stable first: most bad proofs, then least uptime, then the newest node
+ * (highest index). Writes at most cap node indices to out and returns how many it wrote.
+ * Changes nothing: ess_dir_tick carries it out. */
+uint32_t ess_dir_surplus(const ess_dir *d, uint32_t f, uint64_t now, uint32_t *out, uint32_t cap);
 /* The node no longer holds (or will not fetch) f: RELEASE, a HOLDINGS without it, a
  * failed download, NOT_HOLDING. Placement looks at f again on the next tick. */
 void ess_dir_release(ess_dir *d, uint32_t node, uint32_t f);
@@ -264,7 +283,8 @@ void ess_dir_asker_gone(ess_dir *d, uint32_t asker);
 
 /* ---- time ---- */
 /* Declares dead the nodes silent for missed_beats heartbeat periods (DEAD events),
- * re-sends or fails requests past their deadline, drops stale assignments, and when
+ * re-sends or fails requests past their deadline, drops stale assignments, releases
+ * surplus replicas (RELEASE events: the holding leaves the directory at once), and when
  * placement is dirty assigns fragments below R (ASSIGN events, at most
  * max_assign_per_tick a pass; the rest on the next tick). */
 void ess_dir_tick(ess_dir *d, uint64_t now);
@@ -281,6 +301,26 @@ typedef struct {
 void ess_rate_init(ess_rate *r, double per_second, double burst, uint64_t now);
 /* Takes `cost` tokens if there are enough: 1 allowed, 0 refused (nothing taken). */
 int ess_rate_take(ess_rate *r, uint64_t now, double cost);
+
+/* ---- bans: identities or addresses refused for a while (flooders) ---- */
+#define ESS_BAN_ID_MAX 80u            /* bytes of one banned id */
+#define ESS_BAN_MAX 65536u            /* entries; beyond, the one ending soonest makes room */
+typedef struct {
+    uint8_t id[ESS_BAN_ID_MAX];  /* opaque to the list: the relay tags keys and addresses */
+    uint32_t len;
+    uint64_t until_ms;
+} ess_ban;
+typedef struct {
+    ess_ban *v;                  /* owned */
+    uint32_t n, cap;
+} ess_banlist;
+void ess_ban_init(ess_banlist *b);
+void ess_ban_free(ess_banlist *b); /* NULL is a no-op */
+/* Bans id (len bytes) until until_ms; banning it again moves the end to the later of the
+ * two. 0, ESS_EINVAL when len is 0 or over ESS_BAN_ID_MAX, ESS_ENOMEM. */
+int ess_ban_add(ess_banlist *b, const void *id, size_t len, uint64_t until_ms);
+/* Milliseconds id stays banned after now; 0 when it is not banned. Forgets expired bans. */
+uint64_t ess_ban_left_ms(ess_banlist *b, const void *id, size_t len, uint64_t now);
 
 /* ---- figures for /api/stats and /metrics ---- */
 typedef struct {

@@ -320,7 +320,7 @@ int ess_relay_http_cb(struct lws *wsi, enum lws_callback_reasons reason, void *u
 static json_t *counters_json(const ess_relay *r) {
     const ess_relay_counters *c = &r->c;
     const ess_dir_counters *d = &r->dir.ctr;
-    return json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
+    json_t *o = json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
                      "requests_routed", (json_int_t)d->routed, "requests_completed", (json_int_t)d->completed,
                      "requests_resent", (json_int_t)d->resent, "requests_failed", (json_int_t)d->failed,
                      "results_duplicate", (json_int_t)d->duplicates, "results_bad", (json_int_t)d->bad_answers,
@@ -335,6 +335,15 @@ static json_t *counters_json(const ess_relay *r) {
                      "auth_failed", (json_int_t)c->auth_failed,
                      "http_requests", (json_int_t)c->http_requests,
                      "fragment_bytes_served", (json_int_t)c->fragment_bytes);
+    /* json_pack takes so many pairs at most in one format: the rest are added. */
+    if (o) {
+        json_object_set_new(o, "replicas_released", json_integer((json_int_t)d->released));
+        json_object_set_new(o, "spot_checks", json_integer((json_int_t)c->spot_checks));
+        json_object_set_new(o, "spot_checks_failed", json_integer((json_int_t)c->spot_failed));
+        json_object_set_new(o, "bans", json_integer((json_int_t)c->bans));
+        json_object_set_new(o, "banned_refused", json_integer((json_int_t)c->banned_refused));
+    }
+    return o;
 }
 
 char *ess_relay_stats_json(ess_relay *r) {
@@ -378,6 +387,10 @@ char *ess_relay_stats_json(ess_relay *r) {
                                                "served", (json_int_t)n->stats.served,
                                                "timeouts", (json_int_t)n->stats.timeouts,
                                                "bad_answers", (json_int_t)n->stats.bad_answers));
+        /* Reputation so far: failed possession proofs in earlier runs and in this one. */
+        json_t *last = json_array_get(nodes, json_array_size(nodes) - 1);
+        uint64_t bad_before = i < r->cap_node_base ? r->node_base[i].bad_proofs : 0;
+        json_object_set_new(last, "bad_proofs", json_integer((json_int_t)(bad_before + n->stats.bad_proofs)));
     }
     /* replica_histogram[i]: fragments with exactly i live replicas; the last bin counts
      * every fragment with more. Sized so the replication target and one above show. */
@@ -470,6 +483,11 @@ char *ess_relay_metrics_text(ess_relay *r) {
     COUNTER("assignments_total", "Fragments assigned to nodes.", d->assigned);
     COUNTER("proofs_bad_total", "Failed possession proofs.", d->claims_bad);
     COUNTER("nodes_dead_total", "Nodes declared dead after missed heartbeats.", d->nodes_dead);
+    COUNTER("replicas_released_total", "Surplus replicas released (RELEASE to their node).", d->released);
+    COUNTER("spot_checks_total", "Random possession re-checks sent.", c->spot_checks);
+    COUNTER("spot_checks_failed_total", "Random possession re-checks failed (wrong, late or not held).", c->spot_failed);
+    COUNTER("bans_total", "Flooders banned.", c->bans);
+    COUNTER("banned_refused_total", "Connections refused because of a ban.", c->banned_refused);
     COUNTER("ws_sessions_total", "WebSocket sessions accepted.", c->ws_sessions);
     COUNTER("frames_in_total", "Frames received.", c->frames_in);
     COUNTER("frames_out_total", "Frames sent.", c->frames_out);

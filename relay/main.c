@@ -284,7 +284,11 @@ static void usage(FILE *f) {
             "  --request-timeout MS   deadline of one compute attempt when the asker sets none (default 10000)\n"
             "  --rate N               frames per second allowed per asker (default 20000)\n"
             "  --burst N              burst size of the rate limit (default 40000)\n"
-            "  --max-frame BYTES      largest WebSocket message accepted (default 64M + 20, the wire cap)\n"
+            "  --max-frame BYTES      largest WebSocket message accepted (default 64M + 24, the wire cap)\n"
+            "  --ban SECONDS          a peer over its rate limit for 10 s is closed and its key (or, without\n"
+            "                         a key, its address) refused this long (default 60; 0: close only)\n"
+            "  --spot-check SECONDS   re-check a random fragment of each node about this often (default 300;\n"
+            "                         0: only the check after HOLDINGS)\n"
             "  --tls-cert FILE        PEM certificate: serve wss:// and https://\n"
             "  --tls-key FILE         PEM private key of the certificate\n"
             "  --add-model DIR        check DIR's fragments and copy them into the store, then exit\n"
@@ -334,11 +338,14 @@ int main(int argc, char **argv) {
     o->rate = 20000; /* a TinyLlama token is ~300 requests: leave room for ~60 tok/s */
     o->burst = 40000;
     o->max_frame = ESS_WIRE_MAX_FRAME;
+    o->ban_s = 60;
+    o->spot_check_s = 300;
     static const struct option lo[] = {
         {"listen", 1, 0, 'l'}, {"store", 1, 0, 's'}, {"db", 1, 0, 'd'}, {"web", 1, 0, 'w'},
         {"replicas", 1, 0, 'R'}, {"heartbeat", 1, 0, 'H'}, {"missed", 1, 0, 'M'}, {"request-timeout", 1, 0, 'T'},
         {"rate", 1, 0, 'r'}, {"burst", 1, 0, 'b'}, {"max-frame", 1, 0, 'F'}, {"tls-cert", 1, 0, 'c'},
-        {"tls-key", 1, 0, 'k'}, {"add-model", 1, 0, 'a'}, {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"tls-key", 1, 0, 'k'}, {"add-model", 1, 0, 'a'}, {"ban", 1, 0, 'B'}, {"spot-check", 1, 0, 'S'},
+        {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int c, li = 0;
     uint32_t u;
     while ((c = getopt_long(argc, argv, "vh", lo, &li)) != -1) {
@@ -363,10 +370,12 @@ int main(int argc, char **argv) {
         case 'T':
         case 'r':
         case 'b':
+        case 'B':
+        case 'S':
         case 'F': {
-            uint32_t hi = c == 'R' ? 64 : c == 'M' ? 100 : c == 'H' ? 86400 : c == 'T' ? ESS_WIRE_MAX_DEADLINE_MS
-                        : c == 'F' ? ESS_WIRE_MAX_FRAME : 10000000;
-            uint32_t lo_ = c == 'F' ? ESS_WIRE_HEADER_SIZE : 1;
+            uint32_t hi = c == 'R' ? 64 : c == 'M' ? 100 : c == 'H' || c == 'B' || c == 'S' ? 86400
+                        : c == 'T' ? ESS_WIRE_MAX_DEADLINE_MS : c == 'F' ? ESS_WIRE_MAX_FRAME : 10000000;
+            uint32_t lo_ = c == 'F' ? ESS_WIRE_HEADER_SIZE : c == 'B' || c == 'S' ? 0 : 1;
             if (parse_u32(optarg, lo_, hi, &u)) {
                 fprintf(stderr, "essaim-relay: --%s wants an integer in [%u, %u], got '%s'\n", lo[li].name, lo_, hi, optarg);
                 return 2;
@@ -378,6 +387,8 @@ int main(int argc, char **argv) {
             if (c == 'r') o->rate = u;
             if (c == 'b') o->burst = u;
             if (c == 'F') o->max_frame = u;
+            if (c == 'B') o->ban_s = u;
+            if (c == 'S') o->spot_check_s = u;
             break;
         }
         default: /* getopt has named the unknown option or the one missing its value */
@@ -436,7 +447,9 @@ int main(int argc, char **argv) {
                {"fragment_bytes", &k->fragment_bytes}, {"routed", &dk->routed}, {"completed", &dk->completed},
                {"resent", &dk->resent}, {"failed", &dk->failed}, {"duplicates", &dk->duplicates},
                {"bad_answers", &dk->bad_answers}, {"timeouts", &dk->timeouts}, {"assigned", &dk->assigned},
-               {"claims_ok", &dk->claims_ok}, {"claims_bad", &dk->claims_bad}, {"nodes_dead", &dk->nodes_dead}};
+               {"claims_ok", &dk->claims_ok}, {"claims_bad", &dk->claims_bad}, {"nodes_dead", &dk->nodes_dead},
+               {"released", &dk->released}, {"bans", &k->bans}, {"banned_refused", &k->banned_refused},
+               {"spot_checks", &k->spot_checks}, {"spot_failed", &k->spot_failed}};
     for (size_t i = 0; i < sizeof ctr / sizeof ctr[0]; i++) *ctr[i].v = ess_store_counter_get(r->db, ctr[i].name);
 
     lws_set_log_level(o->verbose ? LLL_ERR | LLL_WARN | LLL_NOTICE : LLL_ERR, NULL);
@@ -482,9 +495,10 @@ int main(int argc, char **argv) {
     r->start_ms = ess_relay_now_ms();
     lws_sul_schedule(r->ctx, 0, &r->sul_tick, on_tick, ESS_RELAY_TICK_MS * LWS_US_PER_MS);
     lws_sul_schedule(r->ctx, 0, &r->sul_flush, on_flush, (lws_usec_t)ESS_RELAY_FLUSH_S * LWS_US_PER_SEC);
-    ess_relay_log(NULL, "listening on %s://%s:%d, %u models, %u fragments, R=%u, heartbeat %us, db %s",
+    ess_relay_log(NULL,
+                  "listening on %s://%s:%d, %u models, %u fragments, R=%u, heartbeat %us, spot checks %us, ban %us, db %s",
                   r->tls ? "https" : "http", o->host, o->port, r->dir.n_models, r->dir.n_frags, o->replicas,
-                  o->heartbeat_s, o->db);
+                  o->heartbeat_s, o->spot_check_s, o->ban_s, o->db);
     /* The test scripts wait for this line on stdout to know the port is open. */
     printf("essaim-relay listening on %s:%d\n", o->host, o->port);
     fflush(stdout);
@@ -502,6 +516,7 @@ int main(int argc, char **argv) {
     free(r->sess);
     free(r->node_sess);
     free(r->node_base);
+    ess_ban_free(&r->bans);
     ess_dir_free(&r->dir);
     return 0;
 }

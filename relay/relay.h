@@ -21,6 +21,7 @@
 #define ESS_RELAY_FLUSH_S 10             /* database flush period */
 #define ESS_RELAY_PROOF_MAX (64u << 10)  /* bytes hashed by one possession challenge */
 #define ESS_RELAY_TXQ_MAX_BYTES (256u << 20) /* a session owing more than this is dropped as slow */
+#define ESS_RELAY_SPOT_PER_TICK 16u     /* spot checks started per tick at most (1 MiB hashed) */
 
 typedef struct {
     char host[256];
@@ -30,6 +31,8 @@ typedef struct {
     uint32_t request_timeout_ms;
     double rate, burst;         /* frames per second per peer, and bucket size */
     uint32_t max_frame;         /* bytes of one WebSocket message */
+    uint32_t ban_s;             /* a flooder's key (or address, without a key) is refused this long */
+    uint32_t spot_check_s;      /* mean period of a node's random possession re-check; 0 = never */
     int verbose;
 } ess_relay_opts;
 
@@ -39,6 +42,8 @@ typedef struct {
     uint64_t ws_sessions, ws_open, frames_in, frames_out, bytes_in, bytes_out;
     uint64_t bad_frames, rate_limited, auth_failed, proofs_bad;
     uint64_t http_requests, fragments_served, fragment_bytes;
+    uint64_t bans, banned_refused;      /* flooders banned; connections refused for a ban */
+    uint64_t spot_checks, spot_failed;  /* random re-checks sent; failed (wrong, late or not held) */
 } ess_relay_counters;
 
 typedef struct ess_relay {
@@ -55,6 +60,7 @@ typedef struct ess_relay {
     ess_store_node *node_base;  /* per directory node: lifetime figures loaded at first join */
     uint32_t cap_node_base;
     ess_relay_counters c;       /* lifetime totals: loaded from the database at start */
+    ess_banlist bans;           /* flooders: "K"+key or "A"+address, until when (not saved) */
     uint64_t start_ms;
     int tls;
 } ess_relay;

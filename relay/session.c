@@ -1,9 +1,11 @@
 /* session.c - the /ws protocol (docs/protocol.md): per-session reassembly with caps,
  * the handshake (HELLO, CHALLENGE, AUTH with Ed25519, WELCOME), node traffic (HEARTBEAT,
  * HOLDINGS with possession checks, RELEASE, RESULT, ERROR), asker traffic (COMPUTE, ROWS,
- * STATS), SIGNAL forwarding, rate limits and strikes; and the glue that carries out the
- * directory's events. Frames go out from a per-session queue, one lws_write per
- * WRITEABLE; a session that lets its queue grow past ESS_RELAY_TXQ_MAX_BYTES is dropped.
+ * STATS), SIGNAL forwarding, rate limits, strikes and bans of flooders, random spot
+ * checks of what nodes hold; and the glue that carries out the directory's events
+ * (ASSIGN, SEND, FAIL, DEAD, RELEASE). Frames go out from a per-session queue, one
+ * lws_write per WRITEABLE; a session that lets its queue grow past
+ * ESS_RELAY_TXQ_MAX_BYTES is dropped.
  * Every refusal is an ERROR frame (and a close where the protocol says so) plus one log
  * line naming the peer. */
 #include "relay.h"
@@ -26,7 +28,8 @@ enum { ST_NEW, ST_AUTHING, ST_READY };
 #define HANDSHAKE_MS 10000u       /* HELLO and AUTH each within 10 s */
 #define PROOF_MS 10000u           /* PROOF within 10 s of POSSESS */
 #define STRIKE_WINDOW_MS 60000u   /* 3 BAD_FRAMEs in 60 s: close */
-#define FLOOD_CLOSE_MS 10000u     /* over the rate limit for 10 s: close */
+#define FLOOD_CLOSE_MS 10000u     /* over the rate limit for 10 s: close and ban */
+#define FLOOD_GAP_MS 1000u        /* a second without a dropped frame ends a flood */
 #define MAX_PROOFS 4096u          /* outstanding possession checks per node */
 #define MAX_INFLIGHT_NODE 64u     /* told to nodes in WELCOME (advisory) */
 #define MAX_INFLIGHT_ASKER 4096u
@@ -44,6 +47,7 @@ typedef struct {
     uint32_t frag;
     uint8_t digest[32];   /* expected */
     uint64_t deadline_ms;
+    int spot;             /* a random re-check of a HELD fragment, not the check of a claim */
 } proof_wait;
 
 typedef struct ess_sess {
@@ -70,7 +74,8 @@ typedef struct ess_sess {
     /* limits */
     ess_rate rate;
     int rate_key;         /* state and roles the bucket was set for */
-    uint64_t over_since_ms, last_rl_error_ms;
+    uint64_t over_since_ms, last_drop_ms, last_rl_error_ms;
+    uint64_t next_spot_ms;/* node: when its next random possession check is due */
     uint64_t strikes[3];
     uint32_t inflight;    /* asker: requests outstanding */
     proof_wait *proofs;
@@ -275,10 +280,11 @@ static void send_request(ess_relay *r, const ess_dir_event *ev, uint64_t now) {
     free(buf);
 }
 
-/* Carries out the directory's outbox; ASSIGNs are batched into one frame per node. */
+/* Carries out the directory's outbox; ASSIGNs and RELEASEs are batched into one frame
+ * per node. */
 static void pump(ess_relay *r) {
     uint64_t now = ess_relay_now_ms();
-    json_t **assign = NULL;
+    json_t **assign = NULL, **release = NULL;
     for (uint32_t i = 0; i < r->dir.n_events; i++) {
         ess_dir_event ev = r->dir.events[i]; /* copy: handling may queue more events */
         switch (ev.type) {
@@ -305,6 +311,18 @@ static void pump(ess_relay *r) {
             send_error(as, ev.asker_req, ev.code, "%s", ev.reason ? ev.reason : "failed");
             break;
         }
+        case ESS_DIR_EV_RELEASE: {
+            ess_sess *ns = node_session(r, ev.node);
+            char hex[65];
+            ess_sha256_hex(r->dir.frags[ev.frag].id, hex);
+            ess_relay_log(ns ? ns->peer : NULL, "%s: surplus replica of fragment %.16s released (%u live, R=%u)",
+                          ns ? ns->node_id : "?", hex, ess_dir_live_replicas(&r->dir, ev.frag), r->dir.cfg.replicas);
+            if (!ns) break;
+            if (!release && !(release = calloc(r->dir.n_nodes, sizeof *release))) break;
+            if (!release[ev.node]) release[ev.node] = json_array();
+            json_array_append_new(release[ev.node], json_string(hex));
+            break;
+        }
         case ESS_DIR_EV_DEAD: {
             ess_sess *ns = node_session(r, ev.node);
             if (!ns) break;
@@ -327,6 +345,15 @@ static void pump(ess_relay *r) {
                 else json_decref(assign[n]);
             }
         free(assign);
+    }
+    if (release) {
+        for (uint32_t n = 0; n < r->dir.n_nodes; n++)
+            if (release[n]) {
+                ess_sess *ns = node_session(r, n);
+                if (ns) send_json(ns, ESS_WIRE_RELEASE, 0, json_pack("{s:o}", "fragments", release[n]));
+                else json_decref(release[n]);
+            }
+        free(release);
     }
 }
 
@@ -360,6 +387,7 @@ void ess_relay_flush(ess_relay *r) {
         w.timeouts += n->stats.timeouts;
         w.bad_answers += n->stats.bad_answers;
         w.bytes_out += n->stats.bytes_out;
+        w.bad_proofs += n->stats.bad_proofs;
         char key[65];
         hex_encode(n->key, 32, key);
         ess_store_node_put(r->db, key, &w);
@@ -376,7 +404,8 @@ void ess_relay_flush(ess_relay *r) {
                {"routed", dk->routed}, {"completed", dk->completed}, {"resent", dk->resent}, {"failed", dk->failed},
                {"duplicates", dk->duplicates}, {"bad_answers", dk->bad_answers}, {"timeouts", dk->timeouts},
                {"assigned", dk->assigned}, {"claims_ok", dk->claims_ok}, {"claims_bad", dk->claims_bad},
-               {"nodes_dead", dk->nodes_dead}};
+               {"nodes_dead", dk->nodes_dead}, {"released", dk->released}, {"bans", k->bans},
+               {"banned_refused", k->banned_refused}, {"spot_checks", k->spot_checks}, {"spot_failed", k->spot_failed}};
     for (size_t i = 0; i < sizeof ctr / sizeof ctr[0]; i++) ess_store_counter_put(r->db, ctr[i].name, ctr[i].v);
     if (ess_store_commit(r->db)) ess_relay_log(NULL, "database: %s", ess_store_errmsg(r->db));
 }
@@ -386,8 +415,10 @@ void ess_relay_flush(ess_relay *r) {
 static void proof_remove(ess_sess *s, uint32_t i) { s->proofs[i] = s->proofs[--s->n_proofs]; }
 
 /* Sends POSSESS for fragment f: a fresh nonce and a random range of the file, with the
- * expected digest computed from the relay's copy (one pread of at most 64 KiB). */
-static void possess(ess_relay *r, ess_sess *s, uint32_t f, uint64_t now) {
+ * expected digest computed from the relay's copy (one pread of at most 64 KiB). `spot`:
+ * a re-check of a HELD fragment (protocol.md 6.4) rather than the check of a claim.
+ * Returns 0 when the challenge went out. */
+static int possess(ess_relay *r, ess_sess *s, uint32_t f, uint64_t now, int spot) {
     const ess_dir_frag *fr = &r->dir.frags[f];
     char path[4096], hex[65];
     uint8_t rnd[40], *bytes = NULL;
@@ -412,6 +443,7 @@ static void possess(ess_relay *r, ess_sess *s, uint32_t f, uint64_t now) {
     w->id = next_possess_id(r);
     w->frag = f;
     w->deadline_ms = now + PROOF_MS;
+    w->spot = spot;
     ess_sha256_ctx c;
     ess_sha256_init(&c);
     ess_sha256_update(&c, rnd, 32);
@@ -425,13 +457,101 @@ static void possess(ess_relay *r, ess_sess *s, uint32_t f, uint64_t now) {
                         (json_int_t)len));
     free(bytes);
     close(fd);
-    return;
+    return 0;
 fail:
-    /* Without a challenge the claim cannot be accepted: drop it (no penalty). */
-    ess_relay_log(s->peer, "%s: cannot check fragment %u (%s): claim dropped", s->node_id, f, path);
-    ess_dir_release(&r->dir, s->node, f);
+    if (spot) {
+        /* The relay's own failure: the node keeps what it proved before. */
+        ess_relay_log(s->peer, "%s: cannot spot-check fragment %u (%s): skipped", s->node_id, f, path);
+    } else {
+        /* Without a challenge the claim cannot be accepted: drop it (no penalty). */
+        ess_relay_log(s->peer, "%s: cannot check fragment %u (%s): claim dropped", s->node_id, f, path);
+        ess_dir_release(&r->dir, s->node, f);
+    }
     free(bytes);
     if (fd >= 0) close(fd);
+    return -1;
+}
+
+/* A spot check failed (wrong digest, no PROOF in time, or the node says it does not hold
+ * the fragment): the holding has left the directory, which re-replicates on its next tick. */
+static void spot_failed(ess_sess *s, uint32_t f, const char *why) {
+    char hex[65];
+    ess_sha256_hex(s->r->dir.frags[f].id, hex);
+    s->r->c.spot_failed++;
+    ess_relay_log(s->peer, "%s: spot check of fragment %.16s failed (%s): holding dropped, re-replicating", s->node_id,
+                  hex, why);
+}
+
+/* Starts the random re-checks that are due, at most ESS_RELAY_SPOT_PER_TICK a tick so a
+ * tick stays short: one HELD fragment of the node, chosen at random. The next one comes
+ * after 0.5 to 1.5 spot-check periods, so that nodes that joined together are not all
+ * checked in the same tick and a node cannot tell when its next check comes. */
+static void spot_checks(ess_relay *r, uint64_t now) {
+    if (!r->o.spot_check_s) return;
+    uint64_t period = (uint64_t)r->o.spot_check_s * 1000u;
+    uint32_t started = 0;
+    for (uint32_t i = 0; i < r->cap_node_sess && started < ESS_RELAY_SPOT_PER_TICK; i++) {
+        ess_sess *s = r->node_sess[i];
+        if (!s || s->closing || s->state != ST_READY || s->node != i || now < s->next_spot_ms) continue;
+        uint8_t rnd[16];
+        if (RAND_bytes(rnd, sizeof rnd) != 1) return;
+        s->next_spot_ms = now + period / 2 + ess_rd64(rnd + 8) % (period + 1);
+        uint32_t f = ess_dir_spot_pick(&r->dir, i, ess_rd64(rnd));
+        if (f == ESS_DIR_NONE) continue;
+        int pending = 0;
+        for (uint32_t k = 0; k < s->n_proofs && !pending; k++) pending = s->proofs[k].frag == f;
+        if (pending) continue;
+        if (!possess(r, s, f, now, 1)) r->c.spot_checks++;
+        started++;
+    }
+}
+
+/* ---- bans ---- */
+
+/* The ban list's id of a session: "K" + its key, or "A" + its address. */
+static size_t ban_id(const ess_sess *s, int by_key, uint8_t id[ESS_BAN_ID_MAX]) {
+    if (by_key) {
+        id[0] = 'K';
+        memcpy(id + 1, s->key, 32);
+        return 33;
+    }
+    size_t n = strnlen(s->peer, ESS_BAN_ID_MAX - 1);
+    id[0] = 'A';
+    memcpy(id + 1, s->peer, n);
+    return n + 1;
+}
+
+/* A peer over its rate limit for FLOOD_CLOSE_MS: closed (1008) and banned for --ban
+ * seconds, by its key if it proved one (AUTH done), else by its address. A key merely
+ * named in HELLO is not banned, or anyone could have anyone's key banned. */
+static void flood_ban(ess_sess *s, uint64_t now) {
+    ess_relay *r = s->r;
+    uint8_t id[ESS_BAN_ID_MAX];
+    int by_key = s->has_key && s->state == ST_READY;
+    size_t n = ban_id(s, by_key, id);
+    int banned = r->o.ban_s && !ess_ban_add(&r->bans, id, n, now + (uint64_t)r->o.ban_s * 1000u);
+    uint32_t secs = banned ? r->o.ban_s : 0;
+    r->c.bans += (uint64_t)banned;
+    ess_relay_log(s->peer, "%s: over the rate limit for 10 s: closing; %s %s banned for %u s", s->node_id,
+                  by_key ? "key" : "address", by_key ? s->node_id : s->peer, secs);
+    send_error(s, 0, ESS_WERR_RATE_LIMITED, "over the rate limit for 10 s: closed, banned for %u s", secs);
+    sess_close(s, LWS_CLOSE_STATUS_POLICY_VIOLATION, "rate limit");
+}
+
+/* Is this HELLO from a banned key (pubkey given) or, without a key, from a banned
+ * address? Then ERROR UNAUTHORIZED and close 1008; returns 1. */
+static int hello_banned(ess_sess *s, uint64_t id) {
+    ess_relay *r = s->r;
+    uint8_t bid[ESS_BAN_ID_MAX];
+    size_t n = ban_id(s, s->has_key, bid);
+    uint64_t left = ess_ban_left_ms(&r->bans, bid, n, ess_relay_now_ms());
+    if (!left) return 0;
+    r->c.banned_refused++;
+    char msg[128];
+    snprintf(msg, sizeof msg, "%s banned for %llu more s (flooding)", s->has_key ? "key" : "address",
+             (unsigned long long)(left + 999) / 1000);
+    refuse(s, id, ESS_WERR_UNAUTHORIZED, LWS_CLOSE_STATUS_POLICY_VIOLATION, "HELLO", msg);
+    return 1;
 }
 
 /* ---- frames ---- */
@@ -481,6 +601,7 @@ static void on_hello(ess_sess *s, const ess_wire_header *h, json_t *j) {
         }
         s->has_key = 1;
     }
+    if (hello_banned(s, h->id)) return;
     if ((s->roles & ROLE_NODE) && !s->has_key) {
         refuse(s, h->id, ESS_WERR_UNAUTHORIZED, LWS_CLOSE_STATUS_POLICY_VIOLATION, "HELLO", "role node needs a pubkey");
         return;
@@ -619,7 +740,7 @@ static void on_holdings(ess_sess *s, const ess_wire_header *h, json_t *j) {
             ess_relay_log(s->peer, "%s: claim of fragment %u refused: %s", s->node_id, set[k], e.msg);
             continue;
         }
-        possess(r, s, set[k], now);
+        possess(r, s, set[k], now, 0);
     }
     free(set);
 }
@@ -637,10 +758,12 @@ static void on_proof(ess_sess *s, const ess_wire_header *h, json_t *j) {
     uint8_t dg[32];
     const char *hd = json_string_value(json_object_get(j, "digest"));
     int ok = hd && !hex_decode(hd, dg, 32) && !memcmp(dg, w.digest, 32);
-    ess_dir_verified(&r->dir, s->node, w.frag, ok, ess_relay_now_ms());
+    /* The holding may have gone meanwhile (released, or left out of a later HOLDINGS):
+     * then the answer no longer matters. */
+    if (ess_dir_verified(&r->dir, s->node, w.frag, ok, ess_relay_now_ms())) return;
     if (!ok) {
-        r->c.proofs_bad++;
-        if (s->node < r->cap_node_base) r->node_base[s->node].bad_proofs++;
+        r->c.proofs_bad++; /* the node's bad_proofs (its reputation) counted by the directory */
+        if (w.spot) spot_failed(s, w.frag, "wrong digest");
         refuse(s, h->id, ESS_WERR_BAD_PROOF, 0, "PROOF", "digest does not match: fragment dropped from your holdings");
     }
 }
@@ -705,7 +828,11 @@ static void on_node_error(ess_sess *s, const ess_wire_header *h) {
     for (uint32_t i = 0; h->id && i < s->n_proofs; i++)
         if (s->proofs[i].id == h->id) {
             /* NOT_HOLDING (or any refusal) to a POSSESS: the claim goes, without penalty. */
-            ess_dir_release(&r->dir, s->node, s->proofs[i].frag);
+            uint32_t f = s->proofs[i].frag;
+            int was = ess_dir_holding(&r->dir, s->node, f);
+            ess_dir_release(&r->dir, s->node, f);
+            const char *name = ess_wire_error_name(er.code);
+            if (s->proofs[i].spot && was == ESS_DIR_HELD) spot_failed(s, f, name ? name : "ERROR");
             proof_remove(s, i);
             return;
         }
@@ -867,15 +994,14 @@ static int rate_ok(ess_sess *s, uint32_t type) {
     ess_relay *r = s->r;
     if (type == ESS_WIRE_RESULT && (s->roles & ROLE_NODE)) return 1;
     uint64_t now = ess_relay_now_ms();
-    if (ess_rate_take(&s->rate, now, 1)) {
-        s->over_since_ms = 0;
-        return 1;
-    }
+    if (ess_rate_take(&s->rate, now, 1)) return 1;
     r->c.rate_limited++;
-    if (!s->over_since_ms) s->over_since_ms = now;
+    /* Continuously over = a frame dropped in every second. A flooder still gets a frame
+     * through each time a token comes back; that does not end its flood. */
+    if (!s->over_since_ms || now - s->last_drop_ms > FLOOD_GAP_MS) s->over_since_ms = now;
+    s->last_drop_ms = now;
     if (now - s->over_since_ms >= FLOOD_CLOSE_MS) {
-        ess_relay_log(s->peer, "%s: over the rate limit for 10 s: closing", s->node_id);
-        sess_close(s, LWS_CLOSE_STATUS_POLICY_VIOLATION, "rate limit");
+        flood_ban(s, now);
     } else if (!s->last_rl_error_ms || now - s->last_rl_error_ms >= 1000) {
         s->last_rl_error_ms = now;
         ess_relay_log(s->peer, "%s: %s dropped: rate limit", s->node_id, ess_wire_type_name(type));
@@ -1107,11 +1233,13 @@ void ess_relay_tick(ess_relay *r) {
             }
             proof_wait w = s->proofs[k];
             proof_remove(s, k);
-            ess_dir_verified(&r->dir, s->node, w.frag, 0, now);
+            if (ess_dir_verified(&r->dir, s->node, w.frag, 0, now)) continue; /* holding already gone */
             r->c.proofs_bad++;
+            if (w.spot) spot_failed(s, w.frag, "no PROOF within 10 s");
             refuse(s, w.id, ESS_WERR_BAD_PROOF, 0, "POSSESS", "no PROOF within 10 s: fragment dropped from your holdings");
         }
     }
+    spot_checks(r, now);
     ess_dir_tick(&r->dir, now);
     pump(r);
 }

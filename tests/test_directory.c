@@ -1,6 +1,6 @@
 /* test_directory.c - the relay's pure logic (relay/directory.c) under a fake clock:
  * placement, re-replication, routing with deadlines and failover, heartbeats, rate
- * limits, request shape checks. */
+ * limits, request shape checks, spot-check picks, release of surplus replicas, bans. */
 #include "test.h"
 
 #include "directory.h"
@@ -153,7 +153,10 @@ ESS_TEST(dir_budget_and_claims) {
     ESS_CHECK_EQ_INT(d.ctr.claims_bad, 1);
     ESS_CHECK_EQ_INT(ess_dir_verified(&d, n, 3, 1, 2), 0);
     ESS_CHECK_EQ_INT(ess_dir_holding(&d, n, 3), ESS_DIR_HELD);
-    ESS_CHECK_EQ_INT(ess_dir_verified(&d, n, 3, 1, 2), ESS_EINVAL); /* no claim pending */
+    ESS_CHECK_EQ_INT(ess_dir_verified(&d, n, 3, 1, 2), 0); /* a spot check passed: still HELD */
+    ESS_CHECK_EQ_INT(ess_dir_holding(&d, n, 3), ESS_DIR_HELD);
+    ESS_CHECK_EQ_INT(ess_dir_verified(&d, n, 2, 1, 2), ESS_EINVAL); /* no claim nor holding */
+    ESS_CHECK_EQ_INT(ess_dir_verified(&d, n, 0, 1, 2), ESS_EINVAL);
     ESS_CHECK_EQ_INT(ess_dir_live_replicas(&d, 3), 1);
     ESS_CHECK_EQ_INT(d.nodes[n].used, MB);
     ess_dir_free(&d);
@@ -517,6 +520,184 @@ ESS_TEST(dir_many_fragments_spread) {
         ESS_CHECK(d.frags[f].holders[0].node != d.frags[f].holders[2].node);
     }
     ess_dir_free(&d);
+}
+
+/* Claims f for node n and proves it: a node that came back with what it held. */
+static void hold_now(ess_dir *d, uint32_t n, uint32_t f, uint64_t now) {
+    ess_err e = {0};
+    ess_dir_claim(d, n, f, now, &e);
+    ess_dir_verified(d, n, f, 1, now);
+}
+
+ESS_TEST(dir_spot_pick_only_held) {
+    ess_dir d;
+    ess_dir_init(&d, NULL, NULL);
+    add_model(&d, MODEL, 6, 6, MB);
+    uint32_t n = join(&d, 0, 1, 10 * MB, 0), idle = join(&d, 0, 2, 10 * MB, 0);
+    ess_err e = {0};
+    /* 1, 3 and 4 proven; 2 claimed (first check pending); 5 assigned; 0 not held */
+    hold_now(&d, n, 1, 1);
+    hold_now(&d, n, 3, 1);
+    hold_now(&d, n, 4, 1);
+    ESS_CHECK_EQ_INT(ess_dir_claim(&d, n, 2, 1, &e), 0);
+    ESS_CHECK_EQ_INT(ess_dir_holding(&d, n, 2), ESS_DIR_CLAIMED);
+    ess_dir_tick(&d, 2); /* assigns what is left, 0 and 5 among them */
+    ESS_CHECK(ess_dir_holding(&d, n, 5) == ESS_DIR_ASSIGNED || ess_dir_holding(&d, idle, 5) == ESS_DIR_ASSIGNED);
+    /* Three consecutive random numbers hit each HELD fragment exactly once; so does any
+     * other run of three (the pick is rnd mod 3 over them). */
+    int seen[6] = {0};
+    for (uint64_t rnd = 0; rnd < 3; rnd++) {
+        uint32_t f = ess_dir_spot_pick(&d, n, rnd);
+        ESS_CHECK(f < 6);
+        if (f < 6) seen[f]++;
+    }
+    ESS_CHECK_EQ_INT(seen[1], 1);
+    ESS_CHECK_EQ_INT(seen[3], 1);
+    ESS_CHECK_EQ_INT(seen[4], 1);
+    ESS_CHECK_EQ_INT(seen[0] + seen[2] + seen[5], 0);
+    ESS_CHECK_EQ_INT(ess_dir_spot_pick(&d, n, 0), ess_dir_spot_pick(&d, n, 3));
+    ESS_CHECK_EQ_INT(ess_dir_spot_pick(&d, n, UINT64_MAX), ess_dir_spot_pick(&d, n, UINT64_MAX % 3));
+    /* nothing proven, unknown node, gone node: no pick */
+    ESS_CHECK_EQ_INT(ess_dir_spot_pick(&d, idle, 0), ESS_DIR_NONE);
+    ESS_CHECK_EQ_INT(ess_dir_spot_pick(&d, 99, 0), ESS_DIR_NONE);
+    ess_dir_node_leave(&d, n, 3);
+    ESS_CHECK_EQ_INT(ess_dir_spot_pick(&d, n, 0), ESS_DIR_NONE);
+    ess_dir_free(&d);
+}
+
+ESS_TEST(dir_spot_check_failure_rereplicates) {
+    ess_dir_config c;
+    ess_dir_config_default(&c);
+    c.replicas = 1;
+    ess_dir d;
+    ess_dir_init(&d, &c, NULL);
+    add_model(&d, MODEL, 1, 1, MB);
+    uint32_t a = join(&d, 0, 1, MB, 100), b = join(&d, 0, 2, MB, 0);
+    ess_dir_tick(&d, 0);
+    ESS_CHECK_EQ_INT(ess_dir_holding(&d, a, 0), ESS_DIR_ASSIGNED); /* best uptime */
+    hold_assigned(&d, a, 1);
+    ess_dir_events_clear(&d);
+    /* a spot check passes: nothing changes */
+    ESS_CHECK_EQ_INT(ess_dir_verified(&d, a, 0, 1, 5000), 0);
+    ESS_CHECK_EQ_INT(ess_dir_holding(&d, a, 0), ESS_DIR_HELD);
+    ess_dir_tick(&d, 5000);
+    ESS_CHECK_EQ_INT(d.n_events, 0);
+    /* the next one fails: the holding goes, a's reputation drops, b gets the fragment */
+    ESS_CHECK_EQ_INT(ess_dir_verified(&d, a, 0, 0, 9000), 0);
+    ESS_CHECK_EQ_INT(ess_dir_holding(&d, a, 0), 0);
+    ESS_CHECK_EQ_INT(d.nodes[a].stats.bad_proofs, 1);
+    ESS_CHECK_EQ_INT(d.nodes[b].stats.bad_proofs, 0);
+    ESS_CHECK_EQ_INT(d.ctr.claims_bad, 1);
+    ESS_CHECK_EQ_INT(ess_dir_live_replicas(&d, 0), 0);
+    ess_dir_tick(&d, 9000);
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_ASSIGN, ESS_DIR_NONE), 1);
+    /* a has room again and the best uptime: placement may ask it to fetch again (the
+     * protocol tells it to delete and re-fetch); either way the fragment is placed */
+    ESS_CHECK(ess_dir_holding(&d, a, 0) == ESS_DIR_ASSIGNED || ess_dir_holding(&d, b, 0) == ESS_DIR_ASSIGNED);
+    ESS_CHECK_EQ_INT(ess_dir_verified(&d, a, 0, 0, 9001), ESS_EINVAL); /* ASSIGNED or none: nothing to verify */
+    ess_dir_free(&d);
+}
+
+ESS_TEST(dir_surplus_released_least_stable_first) {
+    ess_dir_config c;
+    ess_dir_config_default(&c);
+    c.replicas = 2;
+    ess_dir d;
+    ess_dir_init(&d, &c, NULL);
+    add_model(&d, MODEL, 2, 2, MB);
+    /* uptimes: n0 1 h, n1 2 h, n2 1 min, n3 1 min but joined later (higher index) */
+    uint32_t n[5];
+    n[0] = join(&d, 0, 1, 2 * MB, 3600);
+    n[1] = join(&d, 0, 2, 2 * MB, 7200);
+    n[2] = join(&d, 0, 3, 2 * MB, 60);
+    n[3] = join(&d, 0, 4, 2 * MB, 60);
+    n[4] = join(&d, 0, 5, 2 * MB, 0);
+    /* all but n4 come back holding fragment 0; n4 only claims it (check pending) */
+    for (int i = 0; i < 4; i++) hold_now(&d, n[i], 0, 1);
+    ess_err e = {0};
+    ESS_CHECK_EQ_INT(ess_dir_claim(&d, n[4], 0, 1, &e), 0);
+    ESS_CHECK_EQ_INT(ess_dir_live_replicas(&d, 0), 4);
+    uint32_t out[8];
+    /* two too many: the two least stable (1 min each; the newer first) */
+    ESS_CHECK_EQ_INT(ess_dir_surplus(&d, 0, 2, out, 8), 2);
+    ESS_CHECK_EQ_INT(out[0], n[3]);
+    ESS_CHECK_EQ_INT(out[1], n[2]);
+    ESS_CHECK_EQ_INT(ess_dir_surplus(&d, 0, 2, out, 1), 1); /* capped */
+    ESS_CHECK_EQ_INT(out[0], n[3]);
+    /* a failed proof weighs more than uptime: n1 (the veteran) failed one elsewhere */
+    hold_now(&d, n[1], 1, 2);
+    ESS_CHECK_EQ_INT(ess_dir_verified(&d, n[1], 1, 0, 2), 0);
+    ESS_CHECK_EQ_INT(ess_dir_surplus(&d, 0, 2, out, 8), 2);
+    ESS_CHECK_EQ_INT(out[0], n[1]);
+    ESS_CHECK_EQ_INT(out[1], n[3]);
+    ESS_CHECK_EQ_INT(ess_dir_surplus(&d, 1, 2, out, 8), 0); /* fragment 1: nobody holds it */
+    /* the tick releases them: RELEASE events, holdings gone, exactly R live, no ASSIGN of 0 */
+    ess_dir_events_clear(&d);
+    ess_dir_tick(&d, 3);
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_RELEASE, ESS_DIR_NONE), 2);
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_RELEASE, n[1]), 1);
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_RELEASE, n[3]), 1);
+    for (uint32_t i = 0; i < d.n_events; i++)
+        if (d.events[i].type == ESS_DIR_EV_RELEASE) ESS_CHECK_EQ_INT(d.events[i].frag, 0);
+        else if (d.events[i].type == ESS_DIR_EV_ASSIGN) ESS_CHECK(d.events[i].frag != 0);
+    ESS_CHECK_EQ_INT(ess_dir_holding(&d, n[1], 0), 0);
+    ESS_CHECK_EQ_INT(ess_dir_holding(&d, n[3], 0), 0);
+    ESS_CHECK_EQ_INT(ess_dir_live_replicas(&d, 0), 2);
+    ESS_CHECK_EQ_INT(d.ctr.released, 2);
+    /* the claim of n4 passes: three live again, the least stable of them goes (n4, 0 s) */
+    ess_dir_events_clear(&d);
+    ESS_CHECK_EQ_INT(ess_dir_verified(&d, n[4], 0, 1, 4), 0);
+    ess_dir_tick(&d, 4);
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_RELEASE, ESS_DIR_NONE), 1);
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_RELEASE, n[4]), 1);
+    ESS_CHECK_EQ_INT(ess_dir_live_replicas(&d, 0), 2);
+    /* at R: nothing more, ever */
+    ess_dir_events_clear(&d);
+    ess_dir_tick(&d, 5);
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_RELEASE, ESS_DIR_NONE), 0);
+    /* a holder dies: one live, below R, nothing released; placement re-replicates */
+    ess_dir_node_leave(&d, n[0], 6);
+    ESS_CHECK_EQ_INT(ess_dir_surplus(&d, 0, 6, out, 8), 0);
+    ess_dir_free(&d);
+}
+
+ESS_TEST(dir_bans) {
+    ess_banlist b;
+    ess_ban_init(&b);
+    const char *ip = "A192.0.2.7", *other = "A192.0.2.8";
+    ESS_CHECK_EQ_INT(ess_ban_left_ms(&b, ip, strlen(ip), 0), 0);
+    ESS_CHECK_EQ_INT(ess_ban_add(&b, ip, strlen(ip), 60000), 0);
+    ESS_CHECK_EQ_INT(ess_ban_left_ms(&b, ip, strlen(ip), 1000), 59000);
+    ESS_CHECK_EQ_INT(ess_ban_left_ms(&b, other, strlen(other), 1000), 0);
+    ESS_CHECK_EQ_INT(ess_ban_left_ms(&b, ip, strlen(ip) - 1, 1000), 0); /* a prefix is another id */
+    /* banned again: the later end wins, an earlier one changes nothing */
+    ESS_CHECK_EQ_INT(ess_ban_add(&b, ip, strlen(ip), 70000), 0);
+    ESS_CHECK_EQ_INT(ess_ban_add(&b, ip, strlen(ip), 10000), 0);
+    ESS_CHECK_EQ_INT(b.n, 1);
+    ESS_CHECK_EQ_INT(ess_ban_left_ms(&b, ip, strlen(ip), 60000), 10000);
+    /* expired: not banned, and forgotten */
+    ESS_CHECK_EQ_INT(ess_ban_left_ms(&b, ip, strlen(ip), 70000), 0);
+    ESS_CHECK_EQ_INT(b.n, 0);
+    uint8_t big[ESS_BAN_ID_MAX + 1] = {0};
+    ESS_CHECK_EQ_INT(ess_ban_add(&b, big, sizeof big, 1), ESS_EINVAL);
+    ESS_CHECK_EQ_INT(ess_ban_add(&b, big, 0, 1), ESS_EINVAL);
+    /* full: the ban ending soonest makes room, the list does not grow */
+    for (uint32_t i = 0; i < ESS_BAN_MAX; i++) {
+        uint8_t id[5] = {'K'};
+        ess_wr32(id + 1, i);
+        ESS_CHECK_EQ_INT(ess_ban_add(&b, id, sizeof id, 100000 + (uint64_t)i), 0);
+    }
+    ESS_CHECK_EQ_INT(b.n, ESS_BAN_MAX);
+    ESS_CHECK_EQ_INT(ess_ban_add(&b, ip, strlen(ip), 500000), 0);
+    ESS_CHECK_EQ_INT(b.n, ESS_BAN_MAX);
+    uint8_t first[5] = {'K'}, second[5] = {'K'};
+    ess_wr32(first + 1, 0);
+    ess_wr32(second + 1, 1);
+    ESS_CHECK_EQ_INT(ess_ban_left_ms(&b, first, 5, 90000), 0);      /* evicted */
+    ESS_CHECK_EQ_INT(ess_ban_left_ms(&b, second, 5, 90000), 10001);
+    ESS_CHECK_EQ_INT(ess_ban_left_ms(&b, ip, strlen(ip), 90000), 410000);
+    ess_ban_free(&b);
+    ess_ban_free(NULL);
 }
 
 int main(int argc, char **argv) { return ess_test_main(argc, argv); }

@@ -23,7 +23,8 @@ export const haveBinaries = existsSync(relayBin) && existsSync(essaimBin);
 export const T = { HELLO: 1, CHALLENGE: 2, AUTH: 3, WELCOME: 4, HEARTBEAT: 5, HOLDINGS: 6, ASSIGN: 7, RELEASE: 8,
   POSSESS: 9, PROOF: 10, COMPUTE: 11, ROWS: 12, RESULT: 13, ERROR: 14, SIGNAL: 15, STATS: 16, BYE: 17 };
 export const E = { BAD_FRAME: 1, UNSUPPORTED_VERSION: 2, UNEXPECTED: 3, UNAUTHORIZED: 4, UNKNOWN_FRAGMENT: 5,
-  NOT_HOLDING: 6, BAD_SIZE: 7, RATE_LIMITED: 8, DEADLINE: 9, NO_REPLICA: 10, OVERLOADED: 11, BAD_PROOF: 12 };
+  NOT_HOLDING: 6, BAD_SIZE: 7, RATE_LIMITED: 8, DEADLINE: 9, NO_REPLICA: 10, OVERLOADED: 11, BAD_PROOF: 12,
+  UNKNOWN_PEER: 13 };
 const JSON_TYPES = new Set([1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 15, 16, 17]);
 
 export function frame(type, id, payload, { version = 1, flags = null, magic = 'ES', len = null } = {}) {
@@ -80,7 +81,8 @@ export function makeStore() {
   let gguf = join(process.env.ESSAIM_TEST_MODELS || join(root, '..', 'shared', 'models'), 'stories260K.gguf');
   if (!existsSync(gguf)) {
     gguf = join(dir, 'synth.gguf');
-    execFileSync(essaimBin, ['synth', '-o', gguf], { stdio: 'ignore' });
+    execFileSync(essaimBin, ['synth', '-o', gguf, '--type', 'F32', '--layers', '2', '--embd', '64', '--heads', '4',
+      '--ff', '128', '--vocab-size', '320', '--ctx', '64'], { stdio: 'ignore' });
   }
   execFileSync(essaimBin, ['fragment', gguf, '-o', frags, '--max-size', '64K'], { stdio: 'ignore' });
   mkdirSync(store);
@@ -111,20 +113,30 @@ export async function startRelay(store, args = [], { tls = null } = {}) {
 }
 
 // One WebSocket peer: frames queue up; next(pred) waits for the first one matching.
+// opts.identity: another Peer whose key pair to use (the same identity reconnecting).
 export class Peer {
   constructor(url, opts = {}) {
+    const { identity, ...wsOpts } = opts;
     this.frames = [];
     this.waiters = [];
     this.closed = null;
-    this.ws = new WebSocket(url, 'essaim.v1', { rejectUnauthorized: false, ...opts });
+    this.ws = new WebSocket(url, 'essaim.v1', { rejectUnauthorized: false, ...wsOpts });
     this.ws.on('message', (d, isBinary) => { if (isBinary) this._push(parse(d)); });
     this.ws.on('close', (code, reason) => { this.closed = { code, reason: reason.toString() }; this._wake(); });
     this.ws.on('error', () => {});
-    const { publicKey, privateKey } = generateKeyPairSync('ed25519');
-    this.pub = publicKey.export({ format: 'der', type: 'spki' }).subarray(-32);
-    this.priv = privateKey;
+    if (identity) {
+      this.pub = identity.pub;
+      this.priv = identity.priv;
+    } else {
+      const { publicKey, privateKey } = generateKeyPairSync('ed25519');
+      this.pub = publicKey.export({ format: 'der', type: 'spki' }).subarray(-32);
+      this.priv = privateKey;
+    }
   }
-  open() { return new Promise((res, rej) => { this.ws.once('open', res); this.ws.once('error', rej); }); }
+  open() {
+    if (this.ws.readyState === WebSocket.OPEN) return Promise.resolve(); // opened before anyone asked
+    return new Promise((res, rej) => { this.ws.once('open', res); this.ws.once('error', rej); });
+  }
   send(buf) { this.ws.send(buf, { binary: true }); }
   sendText(s) { this.ws.send(s); }
   _push(f) { this.frames.push(f); this._wake(); }
@@ -162,24 +174,37 @@ export class Peer {
 }
 
 // A well-behaved fake node: keeps the fragments it was assigned (downloaded over HTTP and
-// hash-checked), answers POSSESS from them, and COMPUTE with real F32 dot products.
+// hash-checked), answers POSSESS from them, COMPUTE with real F32 dot products, and
+// RELEASE by dropping the fragments and announcing what is left. A test may change
+// `mode` on the way: 'silent' never answers COMPUTE, 'wronglen' answers it with one
+// column too many, 'liar' answers POSSESS with the digest of zeros, 'mute' never answers
+// POSSESS.
 export class FakeNode extends Peer {
   constructor(relay, opts = {}) {
     super(relay.ws);
     this.relay = relay;
     this.held = new Map(); // id -> Buffer (file bytes)
-    this.mode = opts.mode || 'good'; // 'good' | 'silent' | 'wronglen' | 'liar'
+    this.mode = opts.mode || 'good';
+    this.budget = 1 << 30;
     this.computed = 0;
+    this.possessed = 0; // POSSESS frames received
+    this.proved = 0;    // ... answered with the right digest
     this.ws.on('message', (d, isBinary) => { if (isBinary) this._auto(parse(d)).catch(() => {}); });
   }
   async _auto(f) {
     if (f.type === T.POSSESS) {
+      this.possessed++;
+      if (this.mode === 'mute') return;
       const file = this.held.get(f.json.fragment);
       if (!file) return this.send(frame(T.ERROR, f.id, Buffer.concat([u16(E.NOT_HOLDING), Buffer.from('not held')])));
       let bytes = file.subarray(f.json.offset, f.json.offset + f.json.length);
       if (this.mode === 'liar') bytes = Buffer.alloc(bytes.length);
+      else this.proved++;
       const digest = createHash('sha256').update(Buffer.from(f.json.nonce, 'hex')).update(bytes).digest('hex');
       this.send(frame(T.PROOF, f.id, { fragment: f.json.fragment, digest }));
+    } else if (f.type === T.RELEASE) {
+      for (const id of f.json.fragments) this.held.delete(id);
+      this.announce(this.budget);
     } else if (f.type === T.ASSIGN && this.autoFetch) {
       for (const a of f.json.fragments) await this.fetch(a.id);
       this.announce();
@@ -207,7 +232,8 @@ export class FakeNode extends Peer {
     if (createHash('sha256').update(buf).digest('hex') !== id) throw new Error(`fragment ${id} hash mismatch`);
     this.held.set(id, buf);
   }
-  announce(budget = 1 << 30) {
+  announce(budget = this.budget) {
+    this.budget = budget;
     this.send(frame(T.HOLDINGS, 0, { fragments: [...this.held.keys()], budget, used: 0 }));
   }
 }

@@ -1,14 +1,19 @@
 // relay_ws.test.mjs - essaim-relay over WebSocket with fake nodes and askers
-// (docs/protocol.md): join and identity, assignment, download, possession checks,
-// compute routing with failover, heartbeat death and re-replication, and every kind of
-// bad input of issue 4 item 8 (each gets an ERROR or a close, and the relay keeps serving
-// the others), plus wss (item 9). Needs build/essaim-relay and build/essaim
-// ($ESSAIM_BUILD to use another build folder). Run: node --test tests/js/
+// (docs/protocol.md): join and identity, assignment, download, possession checks and
+// random spot checks, compute routing with failover, heartbeat death and re-replication,
+// release of surplus replicas (and the native node's answer to RELEASE), SIGNAL
+// forwarding, and every kind of bad input of issue 4 item 8 (each gets an ERROR or a
+// close, and the relay keeps serving the others) including the ban of flooders, plus wss
+// (item 9). Needs build/essaim-relay and build/essaim ($ESSAIM_BUILD to use another build
+// folder). Run: node --test tests/js/
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { copyFileSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { join } from 'node:path';
 import {
   haveBinaries, makeStore, startRelay, Peer, FakeNode, frame, parse, computePayload, resultPayload, T, E, sleep, makeCert,
-  WebSocket,
+  WebSocket, essaimBin, freePort,
 } from './relay_util.mjs';
 
 const skip = haveBinaries ? false : 'build/essaim-relay or build/essaim missing (set ESSAIM_BUILD)';
@@ -32,6 +37,40 @@ async function nodeHolding(relay, ids, mode = 'good', budget = undefined) {
   n.announce(budget);
   return n;
 }
+
+// A database of its own, so that lifetime counters start from zero.
+let dbs = 0;
+const freshDb = () => ['--db', join(st.dir, `relay-${++dbs}.db`)];
+
+const stats = async (relay) => (await fetch(`${relay.http}/api/stats`)).json();
+
+// Waits until pred(stats) holds; returns those stats.
+async function statsUntil(relay, pred, ms = 5000, what = 'relay state') {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    const s = await stats(relay);
+    if (pred(s)) return s;
+    if (Date.now() > deadline) throw new Error(`timeout waiting for ${what}: ${JSON.stringify(s.counters)}`);
+    await sleep(50);
+  }
+}
+
+async function until(pred, ms, what) {
+  const deadline = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > deadline) throw new Error(`timeout waiting for ${what}`);
+    await sleep(20);
+  }
+}
+
+// The bystander of every abuse case: an asker whose STATS keep being answered.
+async function assertServes(peer, id) {
+  peer.send(frame(T.STATS, id, {}));
+  assert.equal((await peer.next((f) => f.type === T.STATS && f.id === BigInt(id))).id, BigInt(id));
+}
+
+const fragSize = (id) => st.manifest.fragments.find((f) => f.id === id).size;
+const nodeOf = (s, peer) => s.live_nodes.find((x) => x.key === peer.pub.toString('hex'));
 
 async function proofsDone(relay, want) {
   for (let i = 0; i < 100; i++) {
@@ -354,4 +393,263 @@ test('TLS: wss and https with a given certificate', { skip }, async () => {
     const plain = new Peer(relay.ws.replace('wss:', 'ws:'));
     await assert.rejects(plain.open());
   } finally { await relay.stop(); }
+});
+
+// Three nodes under R = 1, each with a budget of exactly what it holds: `a` holds the
+// matrix fragment m, `b` another fragment m2, `filler` all the others. So when b loses m2,
+// m2 is the one fragment in need and b the one node with room: re-replication is visible
+// as an ASSIGN of m2 to b (which should fetch it anew, protocol.md 6.4).
+async function threeHolders(relay) {
+  const m = matrixFrag(st.manifest);
+  const m2 = st.manifest.fragments.find((f) => f.id !== m.id).id;
+  const a = await nodeHolding(relay, [m.id], 'good', fragSize(m.id));
+  const b = await nodeHolding(relay, [m2], 'good', fragSize(m2));
+  await proofsDone(relay, 2);
+  const filler = new FakeNode(relay);
+  filler.autoFetch = true;
+  await filler.join(['node']);
+  filler.announce(st.manifest.fragments.reduce((n, f) => n + f.size, 0) - fragSize(m.id) - fragSize(m2));
+  await statsUntil(relay, (x) => x.fragments.lost === 0, 10000, 'every fragment held');
+  return { m, m2, a, b, filler };
+}
+
+test('spot checks: a node that stops proving a fragment loses it, an honest one keeps it', { skip }, async () => {
+  const relay = await startRelay(st.store, ['--replicas', '1', '--spot-check', '1', ...freshDb()]);
+  try {
+    const { m, m2, a: honest, b: cheat, filler } = await threeHolders(relay);
+    const bystander = new Peer(relay.ws);
+    await bystander.join(['asker']);
+    // the cheat proved m2 at HOLDINGS; from now on it answers wrong digests
+    cheat.mode = 'liar';
+    const er = await cheat.next((f) => f.type === T.ERROR && f.code === E.BAD_PROOF, 5000);
+    assert.match(er.text, /digest/);
+    assert.ok(cheat.possessed >= 2, 'the failure came from a spot check, not the first check');
+    const again = await cheat.next((f) => f.type === T.ASSIGN, 3000); // re-replication
+    assert.deepEqual(again.json.fragments.map((x) => x.id), [m2]);
+    // the honest node keeps being checked and keeps its holding
+    await until(() => honest.proved >= 3, 8000, 'two spot checks of the honest node');
+    const s = await stats(relay);
+    assert.deepEqual(nodeOf(s, honest).fragments_held, [m.id]);
+    assert.deepEqual(nodeOf(s, cheat).fragments_held, []);
+    assert.equal(nodeOf(s, honest).bad_proofs, 0);
+    assert.equal(nodeOf(s, cheat).bad_proofs, 1);
+    assert.equal(s.counters.proofs_bad, 1);
+    assert.equal(s.counters.spot_checks_failed, 1);
+    assert.ok(s.counters.spot_checks >= 3, `${s.counters.spot_checks} spot checks`);
+    assert.match(relay.log(), new RegExp(`spot check of fragment ${m2.slice(0, 16)} failed \\(wrong digest\\)`));
+    // the bystander is served, by the honest node
+    bystander.send(frame(T.COMPUTE, 11, computePayload({ frag: m.id, item: m.item, r0: 0, r1: 2, nIn: m.ne0 })));
+    assert.equal((await bystander.next((f) => f.id === 11n)).type, T.RESULT);
+    honest.close(); cheat.close(); filler.close(); bystander.close();
+  } finally { await relay.stop(); }
+});
+
+test('RELEASE: a surplus replica is released from the newest node, never below R', { skip }, async () => {
+  const relay = await startRelay(st.store, ['--replicas', '1', ...freshDb()]);
+  try {
+    const m = matrixFrag(st.manifest);
+    const old = await nodeHolding(relay, [m.id], 'good', fragSize(m.id));
+    await proofsDone(relay, 1);
+    await sleep(1100); // a second of uptime: the more stable of the two
+    const bystander = new Peer(relay.ws);
+    await bystander.join(['asker']);
+    // a node comes back with what it held: two live replicas of m, one too many
+    const back = await nodeHolding(relay, [m.id], 'good', fragSize(m.id));
+    const rel = await back.next((f) => f.type === T.RELEASE, 3000);
+    assert.deepEqual(rel.json.fragments, [m.id]);
+    assert.equal(back.held.size, 0); // FakeNode dropped it and announced HOLDINGS without it
+    const s = await statsUntil(relay, (x) => x.counters.replicas_released === 1, 2000, 'the release');
+    assert.deepEqual(nodeOf(s, old).fragments_held, [m.id]);
+    assert.deepEqual(nodeOf(s, back).fragments_held, []);
+    assert.equal(s.fragments.replicas_live, 1);
+    assert.match(relay.log(), new RegExp(`surplus replica of fragment ${m.id.slice(0, 16)} released \\(1 live, R=1\\)`));
+    await sleep(600); // a few ticks: nothing else released, the last replica stays
+    assert.equal(old.frames.filter((f) => f.type === T.RELEASE).length, 0);
+    assert.equal(back.frames.filter((f) => f.type === T.RELEASE).length, 0);
+    assert.equal((await stats(relay)).counters.replicas_released, 1);
+    bystander.send(frame(T.COMPUTE, 12, computePayload({ frag: m.id, item: m.item, r0: 0, r1: 2, nIn: m.ne0 })));
+    assert.equal((await bystander.next((f) => f.id === 12n)).type, T.RESULT);
+    assert.equal(old.computed, 1);
+    old.close(); back.close(); bystander.close();
+  } finally { await relay.stop(); }
+});
+
+test('RELEASE to the native node: it deletes the fragment and announces HOLDINGS without it', { skip }, async () => {
+  // A stand-in relay that speaks just enough of the protocol to drive `essaim node`.
+  const m = matrixFrag(st.manifest);
+  const dir = mkdtempSync(join(st.dir, 'native-node-'));
+  copyFileSync(join(st.modelDir, `${m.id}.esf`), join(dir, `${m.id}.esf`));
+  const port = await freePort();
+  const server = new WebSocket.Server({ host: '127.0.0.1', port, handleProtocols: (p) => [...p][0] ?? false });
+  const holdings = [];
+  let conn = null;
+  server.on('connection', (ws) => {
+    conn = ws;
+    ws.on('message', (d) => {
+      const f = parse(d);
+      if (f.type === T.HELLO) ws.send(frame(T.CHALLENGE, 0, { nonce: '5a'.repeat(32), relay: 'stand-in' }));
+      else if (f.type === T.AUTH) ws.send(frame(T.WELCOME, 0, { node_id: 'feedfeedfeedfeed', heartbeat_s: 30, dead_after: 3, zstd: false, max_inflight: 8, relay: 'stand-in' }));
+      else if (f.type === T.HOLDINGS) holdings.push(f.json.fragments);
+    });
+  });
+  await new Promise((res) => server.once('listening', res));
+  const node = spawn(essaimBin, ['node', '--relay', `ws://127.0.0.1:${port}/ws`, '--store', dir, '--budget', '1M'],
+    { stdio: ['ignore', 'ignore', 'pipe'] });
+  let log = '';
+  node.stderr.on('data', (d) => { log += d; });
+  try {
+    await until(() => holdings.length >= 1, 10000, 'the first HOLDINGS');
+    assert.deepEqual(holdings[0], [m.id]);
+    conn.send(frame(T.RELEASE, 0, { fragments: [m.id] }));
+    await until(() => holdings.length >= 2, 5000, 'HOLDINGS after RELEASE');
+    assert.deepEqual(holdings[1], []);
+    assert.equal(existsSync(join(dir, `${m.id}.esf`)), false);
+    assert.match(log, new RegExp(`released ${m.id.slice(0, 16)}`));
+  } finally {
+    node.kill('SIGTERM');
+    await new Promise((res) => (node.exitCode !== null ? res() : node.on('exit', res)));
+    server.close();
+    rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+test('SIGNAL: forwarded to the named peer with from set; unknown peer, anonymous sender refused', { skip }, async () => {
+  const relay = await startRelay(st.store);
+  try {
+    const x = new Peer(relay.ws); x.withKey = true;
+    const y = new Peer(relay.ws); y.withKey = true;
+    await x.join(['asker']);
+    await y.join(['node']);
+    const bystander = new Peer(relay.ws);
+    await bystander.join(['viewer']);
+    // offer X -> Y: a forged `from` is overwritten, the rest passes untouched
+    const cand = { candidate: 'candidate:1 1 udp 2122260223 192.0.2.1 54400 typ host', sdpMid: '0', sdpMLineIndex: 0 };
+    x.send(frame(T.SIGNAL, 0, { to: y.nodeId(), from: 'ffffffffffffffff', kind: 'offer', sdp: 'v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n' }));
+    const offer = await y.next((f) => f.type === T.SIGNAL);
+    assert.equal(offer.json.from, x.nodeId());
+    assert.equal(offer.json.to, y.nodeId());
+    assert.equal(offer.json.kind, 'offer');
+    assert.equal(offer.json.sdp, 'v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n');
+    // answer and a candidate back Y -> X
+    y.send(frame(T.SIGNAL, 0, { to: x.nodeId(), kind: 'answer', sdp: 'v=0\r\n' }));
+    y.send(frame(T.SIGNAL, 0, { to: x.nodeId(), kind: 'candidate', candidate: cand }));
+    const ans = await x.next((f) => f.type === T.SIGNAL && f.json.kind === 'answer');
+    assert.equal(ans.json.from, y.nodeId());
+    const c = await x.next((f) => f.type === T.SIGNAL && f.json.kind === 'candidate');
+    assert.deepEqual(c.json.candidate, cand);
+    assert.equal(c.json.from, y.nodeId());
+    // a peer that is not connected, and oneself: UNKNOWN_PEER, connection kept
+    x.send(frame(T.SIGNAL, 3, { to: '0123456789abcdef', kind: 'offer', sdp: 'v=0' }));
+    const unk = await x.next((f) => f.type === T.ERROR);
+    assert.equal(unk.code, E.UNKNOWN_PEER);
+    assert.equal(unk.id, 3n);
+    x.send(frame(T.SIGNAL, 4, { to: x.nodeId(), kind: 'offer' }));
+    assert.equal((await x.next((f) => f.type === T.ERROR)).code, E.UNKNOWN_PEER);
+    // a peer that left is unknown too
+    y.close();
+    await y.waitClose();
+    await sleep(100);
+    x.send(frame(T.SIGNAL, 5, { to: y.nodeId(), kind: 'bye' }));
+    assert.equal((await x.next((f) => f.id === 5n)).code, E.UNKNOWN_PEER);
+    // without `to`: BAD_FRAME; from a peer without a node_id: UNEXPECTED
+    x.send(frame(T.SIGNAL, 6, { kind: 'offer' }));
+    assert.equal((await x.next((f) => f.id === 6n)).code, E.BAD_FRAME);
+    bystander.send(frame(T.SIGNAL, 7, { to: x.nodeId(), kind: 'offer' }));
+    assert.equal((await bystander.next((f) => f.id === 7n)).code, E.UNEXPECTED);
+    assert.equal(x.frames.filter((f) => f.type === T.SIGNAL).length, 0); // nothing reached x
+    await assertServes(bystander, 8);
+    await assertServes(x, 9);
+    x.close(); bystander.close();
+  } finally { await relay.stop(); }
+});
+
+// The two slow cases (about 12 s each: a 10 s flood, a 10 s proof deadline) side by side.
+test('slow abuse cases', { skip, concurrency: true }, async (t) => {
+  await Promise.all([
+    t.test('flood: 10 s over the limit closes 1008 and bans the key or address; others served; the ban ends', async () => {
+      const relay = await startRelay(st.store, ['--rate', '20', '--burst', '20', '--ban', '3', ...freshDb()]);
+      try {
+        const bystander = new Peer(relay.ws);
+        await bystander.join(['asker']);
+        const anon = new Peer(relay.ws);
+        await anon.join(['asker']);
+        const keyed = new Peer(relay.ws); keyed.withKey = true;
+        await keyed.join(['asker']);
+        // 100 frames a second each, five times their limit, until they are told they are
+        // banned (flooding on would have the kernel reset the socket when the relay closes
+        // it with unread frames, and the close frame could be lost: 1006 instead of 1008)
+        const t0 = Date.now();
+        const told = (p) => p.frames.some((f) => f.type === T.ERROR && /banned/.test(f.text));
+        const flood = (p) => setInterval(() => { if (!p.closed && !told(p)) for (let i = 0; i < 10; i++) p.send(frame(T.STATS, 1, {})); }, 100);
+        const timers = [flood(anon), flood(keyed)];
+        let closes;
+        try {
+          await sleep(3000);
+          await assertServes(bystander, 5); // served during the flood
+          closes = await Promise.all([anon.waitClose(15000), keyed.waitClose(15000)]);
+        } finally { timers.forEach(clearInterval); }
+        assert.deepEqual(closes.map((c) => c && c.code), [1008, 1008]);
+        assert.ok(Date.now() - t0 >= 9000, 'closed before 10 s of flooding');
+        for (const p of [anon, keyed])
+          assert.ok(p.frames.some((f) => f.type === T.ERROR && f.code === E.RATE_LIMITED && /banned for 3 s/.test(f.text)));
+        // within the ban: the same key, and an anonymous peer from the same address, refused
+        const sameKey = new Peer(relay.ws, { identity: keyed });
+        await sameKey.open();
+        sameKey.send(frame(T.HELLO, 0, { proto: 1, roles: ['asker'], pubkey: keyed.pub.toString('hex') }));
+        const e1 = await sameKey.next((f) => f.type === T.ERROR);
+        assert.equal(e1.code, E.UNAUTHORIZED);
+        assert.match(e1.text, /key banned/);
+        assert.equal((await sameKey.waitClose()).code, 1008);
+        const sameAddr = new Peer(relay.ws);
+        await sameAddr.open();
+        sameAddr.send(frame(T.HELLO, 0, { proto: 1, roles: ['asker'] }));
+        const e2 = await sameAddr.next((f) => f.type === T.ERROR);
+        assert.equal(e2.code, E.UNAUTHORIZED);
+        assert.match(e2.text, /address banned/);
+        assert.equal((await sameAddr.waitClose()).code, 1008);
+        // another key from that address is somebody else
+        const other = new Peer(relay.ws); other.withKey = true;
+        assert.equal((await other.join(['asker'])).type, T.WELCOME);
+        await assertServes(bystander, 6);
+        // after the ban both come back
+        await sleep(3200);
+        const keyBack = new Peer(relay.ws, { identity: keyed }); keyBack.withKey = true;
+        assert.equal((await keyBack.join(['asker'])).json.node_id, keyed.nodeId());
+        const anonBack = new Peer(relay.ws);
+        assert.equal((await anonBack.join(['asker'])).type, T.WELCOME);
+        await assertServes(anonBack, 7);
+        const s = await stats(relay);
+        assert.equal(s.counters.bans, 2);
+        assert.equal(s.counters.banned_refused, 2);
+        assert.match(relay.log(), /over the rate limit for 10 s: closing; key [0-9a-f]{16} banned for 3 s/);
+        assert.match(relay.log(), /over the rate limit for 10 s: closing; address \S*127\.0\.0\.1 banned for 3 s/);
+        for (const p of [bystander, other, keyBack, anonBack]) p.close();
+      } finally { await relay.stop(); }
+    }),
+    t.test('spot check unanswered: after 10 s BAD_PROOF, holding dropped, re-replicated; the others serve', async () => {
+      const relay = await startRelay(st.store, ['--replicas', '1', '--spot-check', '1', ...freshDb()]);
+      try {
+        const { m, m2, a: good, b: mute, filler } = await threeHolders(relay);
+        const bystander = new Peer(relay.ws);
+        await bystander.join(['asker']);
+        mute.mode = 'mute';
+        const beat = setInterval(() => mute.send(frame(T.HEARTBEAT, 1, { inflight: 0 })), 1000);
+        try {
+          const er = await mute.next((f) => f.type === T.ERROR && f.code === E.BAD_PROOF, 16000);
+          assert.match(er.text, /no PROOF within 10 s/);
+          const again = await mute.next((f) => f.type === T.ASSIGN, 3000);
+          assert.deepEqual(again.json.fragments.map((x) => x.id), [m2]);
+        } finally { clearInterval(beat); }
+        const s = await stats(relay);
+        assert.deepEqual(nodeOf(s, mute).fragments_held, []);
+        assert.equal(nodeOf(s, mute).bad_proofs, 1);
+        assert.deepEqual(nodeOf(s, good).fragments_held, [m.id]);
+        assert.equal(s.counters.spot_checks_failed, 1);
+        assert.match(relay.log(), new RegExp(`spot check of fragment ${m2.slice(0, 16)} failed \\(no PROOF within 10 s\\)`));
+        bystander.send(frame(T.COMPUTE, 13, computePayload({ frag: m.id, item: m.item, r0: 0, r1: 2, nIn: m.ne0 })));
+        assert.equal((await bystander.next((f) => f.id === 13n)).type, T.RESULT);
+        good.close(); mute.close(); filler.close(); bystander.close();
+      } finally { await relay.stop(); }
+    }),
+  ]);
 });
