@@ -82,6 +82,10 @@ typedef struct {
     ess_dot4_fn gemm4;         /* four gemm tokens, or NULL */
     repack_tile_fn tile8;      /* eight rows by four gemm tokens, or NULL */
     repack_tile_fn tile8x8;    /* eight rows by eight gemm tokens, or NULL */
+#if defined(__wasm_simd128__)
+    /* four rows of one gemv token (s[0..3]), or NULL */
+    void (*gemv4)(int n, float *s, const void *w, size_t wrow, const void *a);
+#endif
 } repack_dots;
 
 /* The dots of a repacked type on this build, or 0 when it keeps its vec_dot. */
@@ -93,7 +97,10 @@ static int repack_dots_for(const ess_kernels *k, uint32_t wtype, repack_dots *d)
 #if defined(__wasm_simd128__)
     if (k->isa == ESS_ISA_SIMD128) switch (wtype) {
         case ESS_TYPE_Q4_0: d->gemv = d->gemm = ess_vec_dot_q4_0_q8_0_rp_simd128; return 1;
-        case ESS_TYPE_Q4_K: d->gemv = ess_vec_dot_q4_K_q8_K_gemv_simd128, d->gemm = ess_vec_dot_q4_K_q8_K_gemm_simd128; return 1;
+        case ESS_TYPE_Q4_K:
+            d->gemv = ess_vec_dot_q4_K_q8_K_gemv_simd128, d->gemm = ess_vec_dot_q4_K_q8_K_gemm_simd128;
+            d->gemv4 = ess_gemv4_q4_K_q8_K_simd128;
+            return 1;
         case ESS_TYPE_Q2_K: d->gemv = ess_vec_dot_q2_K_q8_K_gemv_simd128, d->gemm = ess_vec_dot_q2_K_q8_K_gemm_simd128; return 1;
         default: return 0;
         }
@@ -146,6 +153,19 @@ void ess_matmul_ex(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode, c
     const uint8_t *wb = w, *ab = act;
     /* llama.cpp's split of a batch: gemm for whole groups of four tokens, gemv after */
     const int n_gemm = mode == ESS_MATMUL_REPACK ? n_tok - n_tok % 4 : 0;
+#if defined(__wasm_simd128__)
+    /* wasm: the gemv tokens four rows per pass (same bits per output), the rest below */
+    if (d.gemv4) {
+        for (int t = n_gemm; t < n_tok; t++) {
+            const uint8_t *at = ab + (size_t)t * arow;
+            float *o = out + (size_t)t * out_stride;
+            int64_t r = 0;
+            for (; r + 4 <= n_rows; r += 4) d.gemv4((int)ne0, o + r, wb + (size_t)r * wrow, wrow, at);
+            for (; r < n_rows; r++) d.gemv((int)ne0, o + r, wb + (size_t)r * wrow, at);
+        }
+        n_tok = n_gemm;
+    }
+#endif
     for (int64_t r0 = 0; r0 < n_rows; r0 += ROW_TILE) {
         const int64_t r1 = r0 + ROW_TILE < n_rows ? r0 + ROW_TILE : n_rows;
         for (int t0 = 0; t0 < n_tok; t0 += TOK_TILE) { /* TOK_TILE % 4 == 0: groups stay whole */

@@ -5,7 +5,8 @@
  * The mirrors' integer sums (per 32-block, or per sub-block times its scale) are exact, so
  * any grouping of the products gives them; here they come from SIMD128 (relaxed dots with
  * -mrelaxed-simd). Their float part is one scalar fused multiply-add per group into a
- * single accumulator, in the mirrors' order, emulated exactly (quant_impl.h).
+ * single accumulator, in the mirrors' order, emulated exactly (quant_impl.h); the Q4_K gemv
+ * also comes four rows per pass, those FMAs then in the four lanes of one f32x4.
  *
  * Does not: allocate, keep state, read past n/block elements. */
 #include "quant_impl.h"
@@ -111,6 +112,147 @@ static void dot_q4_K_grouped(int n, float *s, const void *vw, const void *va, in
 }
 void ess_vec_dot_q4_K_q8_K_gemv_simd128(int n, float *s, const void *w, const void *a) { dot_q4_K_grouped(n, s, w, a, 256); }
 void ess_vec_dot_q4_K_q8_K_gemm_simd128(int n, float *s, const void *w, const void *a) { dot_q4_K_grouped(n, s, w, a, 64); }
+
+/* ---- Q4_K gemv, four rows per pass ----
+ * Each output has the bits of the one-row gemv above. What does not depend on the row (the
+ * bsums pairs; on plain SIMD128 the activations widened to i16) is done once per block, and
+ * the float steps of the four rows run side by side in f32x4 lanes: per row and block the
+ * same exactly rounded FMAs (ess_fma4_simd128), in block order, so each lane is its row's
+ * chain. */
+
+/* lane r = the sum of v_r's four lanes (integers: any order gives them) */
+static inline v128_t hsum4x4_i32(v128_t v0, v128_t v1, v128_t v2, v128_t v3) {
+    const v128_t s01 = wasm_i32x4_add(wasm_i32x4_shuffle(v0, v1, 0, 4, 2, 6), wasm_i32x4_shuffle(v0, v1, 1, 5, 3, 7));
+    const v128_t s23 = wasm_i32x4_add(wasm_i32x4_shuffle(v2, v3, 0, 4, 2, 6), wasm_i32x4_shuffle(v2, v3, 1, 5, 3, 7));
+    return wasm_i32x4_add(wasm_i32x4_shuffle(s01, s23, 0, 1, 4, 5), wasm_i32x4_shuffle(s01, s23, 2, 3, 6, 7));
+}
+
+/* ess_h2f_simd128 of the halves in the low 16 bits of four i32 lanes */
+static inline v128_t h2f4(v128_t h) {
+    const v128_t bits = wasm_i32x4_shl(wasm_v128_and(h, wasm_i32x4_splat(0x7fff)), 13);
+    const v128_t fin = wasm_f32x4_mul(bits, wasm_f32x4_splat(0x1p112f));
+    const v128_t inf = wasm_v128_or(bits, wasm_i32x4_splat(0x7f800000)); /* Inf, NaN */
+    const v128_t e = wasm_v128_and(h, wasm_i32x4_splat(0x7c00));
+    const v128_t f = wasm_v128_bitselect(inf, fin, wasm_i32x4_eq(e, wasm_i32x4_splat(0x7c00)));
+    return wasm_v128_or(f, wasm_i32x4_shl(wasm_v128_and(h, wasm_i32x4_splat(0x8000)), 16));
+}
+
+/* The 6-bit scales (bytes 0..7) and mins (bytes 8..15) of a Q4_K block, unpacked from its
+ * 12 bytes as dot_q4_K_grouped does (a 16-byte load: the block goes on with its quants) */
+static inline v128_t q4_K_scale_min(const uint8_t *scales) {
+    const v128_t v = wasm_v128_load(scales); /* u0 u1 u2 in u32 lanes 0..2 */
+    const v128_t lo = wasm_v128_and(wasm_i32x4_shuffle(v, wasm_u32x4_shr(v, 4), 0, 2, 1, 6),
+                                    wasm_i32x4_make(0x3f3f3f3f, 0x0f0f0f0f, 0x3f3f3f3f, 0x0f0f0f0f));
+    const v128_t s2 = wasm_u32x4_shr(v, 2); /* the top two bits of u0 (u1) bytes at bits 4, 5 */
+    const v128_t hi = wasm_v128_and(wasm_i32x4_shuffle(s2, s2, 0, 0, 1, 1), wasm_i32x4_make(0, 0x30303030, 0, 0x30303030));
+    return wasm_v128_or(lo, hi);
+}
+
+/* Sub-blocks 2j (low nibbles, scale lane k0 of sc) and 2j+1 (high, k1) of a Q4_K block:
+ * their scaled quant sums in four i32 lanes. Relaxed SIMD: a points at the block's int8
+ * activations, and per i16 lane 4 products of a nibble and an int8 add up (|lane| <=
+ * 4*15*128) before the scale (one i16 splat) multiplies them. Plain SIMD128: a points at
+ * them widened to i16 (q4_K_widen), the nibbles widen too and i32x4.dot gives the products
+ * in pairs; the scale (one i32 splat) multiplies their i32 sums. */
+#if defined(__wasm_relaxed_simd__)
+#define Q4K_PAIR(j, k0, k1)                                                                                               \
+    do {                                                                                                                  \
+        const v128_t b0 = wasm_v128_load(x->qs + 32 * j), b1 = wasm_v128_load(x->qs + 32 * j + 16);                   \
+        const int8_t *y = (const int8_t *)a + 64 * j;                                                                     \
+        const v128_t lo = wasm_i16x8_add(ess_pairs_u7_simd128(wasm_v128_and(b0, m4), wasm_v128_load(y)),                 \
+                                         ess_pairs_u7_simd128(wasm_v128_and(b1, m4), wasm_v128_load(y + 16)));           \
+        const v128_t hi = wasm_i16x8_add(ess_pairs_u7_simd128(wasm_v128_and(wasm_u16x8_shr(b0, 4), m4), wasm_v128_load(y + 32)), \
+                                         ess_pairs_u7_simd128(wasm_v128_and(wasm_u16x8_shr(b1, 4), m4), wasm_v128_load(y + 48))); \
+        acc = wasm_i32x4_add(acc, wasm_i32x4_add(wasm_i32x4_dot_i16x8(lo, wasm_i16x8_shuffle(sc, sc, k0, k0, k0, k0, k0, k0, k0, k0)), \
+                                                 wasm_i32x4_dot_i16x8(hi, wasm_i16x8_shuffle(sc, sc, k1, k1, k1, k1, k1, k1, k1, k1)))); \
+    } while (0)
+#else
+/* Sub-blocks 2j, 2j+1 from 32 quant bytes read as u16 lanes: a lane's four nibbles are
+ * elements 2k, 2k+1 of the low sub-block (bits 0..3, 8..11) and of the high one (4..7,
+ * 12..15), so masks and shifts give them as i16 directly, against the activations split
+ * into even and odd elements (q4_K_widen). */
+static inline v128_t dot16_u4_i16(v128_t even, v128_t odd, const v128_t *y) {
+    return wasm_i32x4_add(wasm_i32x4_dot_i16x8(even, y[0]), wasm_i32x4_dot_i16x8(odd, y[1]));
+}
+#define Q4K_PAIR(j, k0, k1)                                                                                               \
+    do {                                                                                                                  \
+        const v128_t b0 = wasm_v128_load(x->qs + 32 * j), b1 = wasm_v128_load(x->qs + 32 * j + 16);                   \
+        const v128_t *y = (const v128_t *)a + 8 * j;                                                                      \
+        const v128_t lo = wasm_i32x4_add(dot16_u4_i16(wasm_v128_and(b0, m4w), wasm_v128_and(wasm_u16x8_shr(b0, 8), m4w), y), \
+                                         dot16_u4_i16(wasm_v128_and(b1, m4w), wasm_v128_and(wasm_u16x8_shr(b1, 8), m4w), y + 2)); \
+        const v128_t hi = wasm_i32x4_add(dot16_u4_i16(wasm_v128_and(wasm_u16x8_shr(b0, 4), m4w), wasm_u16x8_shr(b0, 12), y + 4), \
+                                         dot16_u4_i16(wasm_v128_and(wasm_u16x8_shr(b1, 4), m4w), wasm_u16x8_shr(b1, 12), y + 6)); \
+        const v128_t s = (j) < 2 ? sc0 : sc1;                                                                             \
+        acc = wasm_i32x4_add(acc, wasm_i32x4_add(wasm_i32x4_mul(lo, wasm_i32x4_shuffle(s, s, k0, k0, k0, k0)),            \
+                                                 wasm_i32x4_mul(hi, wasm_i32x4_shuffle(s, s, k1, k1, k1, k1))));          \
+    } while (0)
+
+/* a Q8_K block's 256 activations as i16, each 16 in two vectors: even elements, odd ones */
+static inline void q4_K_widen(v128_t *w, const int8_t *q) {
+    for (int k = 0; k < 16; k++) {
+        const v128_t v = wasm_v128_load(q + 16 * k);
+        w[2 * k] = wasm_i16x8_shr(wasm_i16x8_shl(v, 8), 8), w[2 * k + 1] = wasm_i16x8_shr(v, 8);
+    }
+}
+#endif
+
+/* One row's Q4_K block: the scaled quant sums (four i32 lanes to add up) and, in *mins, the
+ * mins times the activation sums (four lanes to add up); pairs: i16 lane j holds the bsums
+ * of sub-blocks 2j and 2j+1 added, as in dot_q4_K_grouped. */
+static inline v128_t q4_K_block(const ess_block_q4_K *x, const void *a, v128_t pairs, v128_t *mins) {
+    const v128_t sm = q4_K_scale_min(x->scales);
+    *mins = wasm_i32x4_dot_i16x8(pairs, wasm_u16x8_extend_high_u8x16(sm));
+    v128_t acc = wasm_i32x4_splat(0);
+#if defined(__wasm_relaxed_simd__)
+    const v128_t sc = wasm_u16x8_extend_low_u8x16(sm), m4 = wasm_i8x16_splat(0x0F);
+    Q4K_PAIR(0, 0, 1);
+    Q4K_PAIR(1, 2, 3);
+    Q4K_PAIR(2, 4, 5);
+    Q4K_PAIR(3, 6, 7);
+#else
+    const v128_t sc16 = wasm_u16x8_extend_low_u8x16(sm), m4w = wasm_i16x8_splat(0x0F);
+    const v128_t sc0 = wasm_u32x4_extend_low_u16x8(sc16), sc1 = wasm_u32x4_extend_high_u16x8(sc16);
+    Q4K_PAIR(0, 0, 1);
+    Q4K_PAIR(1, 2, 3);
+    Q4K_PAIR(2, 0, 1);
+    Q4K_PAIR(3, 2, 3);
+#endif
+    return acc;
+}
+
+void ess_gemv4_q4_K_q8_K_simd128(int n, float *s, const void *vw, size_t wrow, const void *va) {
+    const ess_block_q8_K *y = va;
+    const uint8_t *w = vw;
+    v128_t acc = wasm_f32x4_splat(0), accm = wasm_f32x4_splat(0);
+    for (int i = 0; i < n / ESS_QK_K; i++) {
+        const ess_block_q4_K *x0 = (const ess_block_q4_K *)w + i, *x1 = (const ess_block_q4_K *)(w + wrow) + i;
+        const ess_block_q4_K *x2 = (const ess_block_q4_K *)(w + 2 * wrow) + i, *x3 = (const ess_block_q4_K *)(w + 3 * wrow) + i;
+        const v128_t b0 = wasm_v128_load(y[i].bsums), b1 = wasm_v128_load(y[i].bsums + 8);
+        const v128_t pairs = wasm_i16x8_add(wasm_i16x8_shuffle(b0, b1, 0, 2, 4, 6, 8, 10, 12, 14),
+                                            wasm_i16x8_shuffle(b0, b1, 1, 3, 5, 7, 9, 11, 13, 15));
+#if defined(__wasm_relaxed_simd__)
+        const void *a = y[i].qs;
+#else
+        v128_t a[32];
+        q4_K_widen(a, y[i].qs);
+#endif
+        /* one row after the other: four rows inlined side by side would share the activation
+         * loads, and V8 spills the 16 vectors that keeps live */
+        const ess_block_q4_K *xr[4] = {x0, x1, x2, x3};
+        v128_t v[4], m[4];
+#pragma clang loop unroll(disable)
+        for (int r = 0; r < 4; r++) v[r] = q4_K_block(xr[r], a, pairs, &m[r]);
+        /* d and dmin of the four rows (u16 lanes d0 dmin0 d1 dmin1 ...), times the activations' d */
+        const v128_t h = wasm_i32x4_make((int32_t)(x0->d | (uint32_t)x0->dmin << 16), (int32_t)(x1->d | (uint32_t)x1->dmin << 16),
+                                         (int32_t)(x2->d | (uint32_t)x2->dmin << 16), (int32_t)(x3->d | (uint32_t)x3->dmin << 16));
+        const v128_t yd = wasm_f32x4_splat(y[i].d);
+        const v128_t dd = wasm_f32x4_mul(h2f4(wasm_v128_and(h, wasm_i32x4_splat(0xffff))), yd);
+        const v128_t dm = wasm_f32x4_mul(h2f4(wasm_u32x4_shr(h, 16)), yd);
+        acc = ess_fma4_simd128(acc, wasm_f32x4_convert_i32x4(hsum4x4_i32(v[0], v[1], v[2], v[3])), dd);
+        accm = ess_fma4_simd128(accm, wasm_f32x4_convert_i32x4(hsum4x4_i32(m[0], m[1], m[2], m[3])), dm);
+    }
+    wasm_v128_store(s, wasm_f32x4_sub(acc, accm));
+}
 
 /* Q2_K with one FMA per `group` quants (128: gemm, 256: gemv), as dot_q2_K_grouped */
 static void dot_q2_K_grouped(int n, float *s, const void *vw, const void *va, int group) {

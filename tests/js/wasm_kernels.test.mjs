@@ -103,40 +103,51 @@ const MM_TOKS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 37], MM_ROWS = 12;
 const REPACKED = new Set([2, 10, 12]);  // Q4_0, Q2_K, Q4_K
 const MM_NE0 = { F32: [1008, 1001], F16: [1008, 1000], BF16: [1008, 1001] };
 const u8hex = (ptr, n) => Buffer.from(new Uint8Array(core.memory.buffer, ptr, n)).toString('hex');
+// ess_matmul_ex on `rows` x ne0 random weights of `type` in `mode`, for each of `toks`
+// token counts (weights seeded by type, ne0 and seed): the wasm bits must equal native's.
+function matmulCheck(name, type, ne0, mode, rows, toks, seed = 0) {
+  const at = X.ess_vec_dot_type(type);
+  const w = randomFloats(rows * ne0, 31 * type + ne0 + seed, 1.0), x = randomFloats(37 * ne0, 77 * type + ne0 + mode, 3.0);
+  const wf = join(dir, 'mw.f32'), xf = join(dir, 'mx.f32');
+  writeFileSync(wf, Buffer.from(w.buffer));
+  writeFileSync(xf, Buffer.from(x.buffer));
+  const lines = execFileSync(probe, ['matmul', String(type), String(ne0), String(rows), String(mode), wf, xf, ...toks.map(String)],
+                             { maxBuffer: 64 << 20 }).toString().trim().split('\n').map(l => JSON.parse(l));
+  const wrow = X.ess_row_size(type, ne0), arow = X.ess_row_size(at, ne0);
+  const pw = X.ess_alloc(4 * w.length), px = X.ess_alloc(4 * x.length), qw = X.ess_alloc(wrow * rows);
+  const qa = X.ess_alloc(arow * 37), out = X.ess_alloc(4 * rows * 37);
+  new Float32Array(core.memory.buffer, pw, w.length).set(w);
+  new Float32Array(core.memory.buffer, px, x.length).set(x);
+  for (let r = 0; r < rows; r++) assert.equal(X.ess_quantize(kRef, type, pw + 4 * r * ne0, qw + r * wrow, ne0), 0);
+  for (const nat of lines) {
+    const what = `${name} ne0=${ne0} rows=${rows} mode=${mode} n_tok=${nat.n_tok}`;
+    assert.equal(sha(qw, wrow * rows), nat.w_sha, `${what}: weight bytes`);
+    assert.equal(X.ess_matmul_quantize(kSimd, type, mode, px, nat.n_tok, ne0, qa), 0);
+    assert.equal(sha(qa, arow * nat.n_tok), nat.a_sha, `${what}: activation bytes`);
+    assert.equal(X.ess_matmul_ex(kSimd, type, mode, qw, ne0, rows, qa, nat.n_tok, out), 0);
+    const got = u8hex(out, 4 * rows * nat.n_tok);
+    if (got !== nat.out) {
+      const g = new Float32Array(Buffer.from(got, 'hex').buffer), e = new Float32Array(Buffer.from(nat.out, 'hex').buffer);
+      const bad = g.findIndex((v, i) => !Object.is(v, e[i]));
+      assert.fail(`${what}: output ${bad} (token ${Math.floor(bad / rows)}, row ${bad % rows}) is ${g[bad]}, native ${e[bad]}` +
+                  ` (${g.filter((v, i) => !Object.is(v, e[i])).length} of ${g.length} differ)`);
+    }
+  }
+  for (const p of [pw, px, qw, qa, out]) X.ess_free(p);
+}
 for (const [name, type, sizes] of TYPES) {
   test(`${name}: wasm ess_matmul_ex gives the native bits (every mm_mode, 1..9 and 37 tokens)`, () => {
-    const at = X.ess_vec_dot_type(type);
-    for (const ne0 of MM_NE0[name] ?? [sizes[1], sizes[2]]) {
-      for (const mode of REPACKED.has(type) ? [0, 1, 2] : [0, 1]) {
-        const w = randomFloats(MM_ROWS * ne0, 31 * type + ne0, 1.0), x = randomFloats(37 * ne0, 77 * type + ne0 + mode, 3.0);
-        const wf = join(dir, 'mw.f32'), xf = join(dir, 'mx.f32');
-        writeFileSync(wf, Buffer.from(w.buffer));
-        writeFileSync(xf, Buffer.from(x.buffer));
-        const lines = execFileSync(probe, ['matmul', String(type), String(ne0), String(MM_ROWS), String(mode), wf, xf, ...MM_TOKS.map(String)],
-                                   { maxBuffer: 64 << 20 }).toString().trim().split('\n').map(l => JSON.parse(l));
-        const wrow = X.ess_row_size(type, ne0), arow = X.ess_row_size(at, ne0);
-        const pw = X.ess_alloc(4 * w.length), px = X.ess_alloc(4 * x.length), qw = X.ess_alloc(wrow * MM_ROWS);
-        const qa = X.ess_alloc(arow * 37), out = X.ess_alloc(4 * MM_ROWS * 37);
-        new Float32Array(core.memory.buffer, pw, w.length).set(w);
-        new Float32Array(core.memory.buffer, px, x.length).set(x);
-        for (let r = 0; r < MM_ROWS; r++) assert.equal(X.ess_quantize(kRef, type, pw + 4 * r * ne0, qw + r * wrow, ne0), 0);
-        for (const nat of lines) {
-          const what = `${name} ne0=${ne0} mode=${mode} n_tok=${nat.n_tok}`;
-          assert.equal(sha(qw, wrow * MM_ROWS), nat.w_sha, `${what}: weight bytes`);
-          assert.equal(X.ess_matmul_quantize(kSimd, type, mode, px, nat.n_tok, ne0, qa), 0);
-          assert.equal(sha(qa, arow * nat.n_tok), nat.a_sha, `${what}: activation bytes`);
-          assert.equal(X.ess_matmul_ex(kSimd, type, mode, qw, ne0, MM_ROWS, qa, nat.n_tok, out), 0);
-          const got = u8hex(out, 4 * MM_ROWS * nat.n_tok);
-          if (got !== nat.out) {
-            const g = new Float32Array(Buffer.from(got, 'hex').buffer), e = new Float32Array(Buffer.from(nat.out, 'hex').buffer);
-            const bad = g.findIndex((v, i) => !Object.is(v, e[i]));
-            assert.fail(`${what}: output ${bad} (token ${Math.floor(bad / MM_ROWS)}, row ${bad % MM_ROWS}) is ${g[bad]}, native ${e[bad]}` +
-                        ` (${g.filter((v, i) => !Object.is(v, e[i])).length} of ${g.length} differ)`);
-          }
-        }
-        for (const p of [pw, px, qw, qa, out]) X.ess_free(p);
-      }
-    }
+    for (const ne0 of MM_NE0[name] ?? [sizes[1], sizes[2]])
+      for (const mode of REPACKED.has(type) ? [0, 1, 2] : [0, 1]) matmulCheck(name, type, ne0, mode, MM_ROWS, MM_TOKS);
+  });
+}
+// The repacked types' gemv tokens run several rows per pass on wasm (Q4_K: four): every row
+// count from 1 to 9 (whole groups and leftovers), 1..9 tokens (gemm groups, then gemv ones;
+// mode 2: all gemv).
+for (const [name, type, sizes] of TYPES.filter(t => REPACKED.has(t[1]))) {
+  test(`${name}: wasm ess_matmul_ex gives the native bits on 1..9 rows (repacked modes, 1..9 tokens)`, () => {
+    for (let rows = 1; rows <= 9; rows++)
+      for (const mode of [1, 2]) matmulCheck(name, type, sizes[1], mode, rows, MM_TOKS.slice(0, 9), 1000 * rows);
   });
 }
 
