@@ -1,8 +1,9 @@
 #!/bin/sh
 # run.sh [FILTER] - the whole essaim test suite: sets up what is missing (native/setup.sh
 # --tests), then runs every unit test binary in the normal and the ASan+UBSan build, the
-# script tests (tests/*.sh) against build/essaim, the JS tests (node --test tests/js), and
-# each fuzzer briefly over its corpus. Prints one line per suite and a last line
+# script tests (tests/*.sh) against build/essaim, the JS tests (node --test tests/js), the
+# relay's and the API's JS tests again against the ASan build, and each fuzzer briefly over
+# its corpus. Prints one line per suite and a last line
 # "N passed, N failed"; exits non-zero if anything failed.
 set -u
 cd "$(dirname "$0")/.."
@@ -47,6 +48,16 @@ if want js; then
   jf=$(grep -E '^# fail ' "$log/js" | grep -oE '[0-9]+' || echo 0)
   echo "js: ${jp:-0} passed, ${jf:-0} failed" >>"$log/js"
   tally "node --test tests/js" "$log/js" $st
+fi
+
+# The servers under ASan+UBSan: the relay against every abuse case, and the HTTP API
+if want asan-js && [ -x build-asan/essaim-relay ] && [ -x build-asan/essaim ]; then
+  ESSAIM_BUILD="$root/build-asan" ASAN_OPTIONS=detect_leaks=1 node --test --test-reporter=tap tests/js/relay_ws.test.mjs \
+    tests/js/api.test.mjs >"$log/asanjs" 2>&1; st=$?
+  jp=$(grep -E '^# pass ' "$log/asanjs" | grep -oE '[0-9]+' || echo 0)
+  jf=$(grep -E '^# fail ' "$log/asanjs" | grep -oE '[0-9]+' || echo 0)
+  echo "asan js: ${jp:-0} passed, ${jf:-0} failed" >>"$log/asanjs"
+  tally "node --test relay_ws + api (ASan build)" "$log/asanjs" $st
 fi
 
 for fz in build-fuzz/fuzz_*; do
