@@ -542,7 +542,7 @@ int ess_cmd_api(int argc, char **argv) {
     if (tmpl < 0) {
         int known;
         tmpl = ess_gen_model_template(&en.src.g, &known);
-        if (!known) fprintf(stderr, "essaim api: the model has no chat template essaim knows; using the plain one (--template NAME)\n");
+        if (!known) fprintf(stderr, "essaim api: the model has no chat template essaim knows; using the plain template (--template NAME)\n");
     }
     a.tmpl = tmpl;
     a.tmpl_stops = ess_chat_stop_strings(tmpl);

@@ -434,7 +434,7 @@ int ess_cmd_chat(int argc, char **argv) {
         int known;
         tmpl = ess_gen_model_template(&en.src.g, &known);
         if (!known)
-            fprintf(stderr, "essaim chat: the model has no chat template essaim knows; using the plain one (--template NAME to choose)\n");
+            fprintf(stderr, "essaim chat: the model has no chat template essaim knows; using the plain template (--template NAME to choose)\n");
     }
 
     /* stop strings: the template's and --stop; stop ids: control tokens spelled as one of them
