@@ -213,7 +213,7 @@ const row = (what, r) => console.log(`${what.padEnd(44)} ${r.best.toFixed(3).pad
 console.log(`fragment ${pick.id.slice(0, 12)} (#${pick.index}): ${nat.items.map(i => `${i.name} ${i.rows}x${i.ne0}`).join(', ')}, ` +
             `${(nat.payload_bytes / 1e6).toFixed(2)} MB Q4_K, ${nTok} token(s), ${reps} passes`);
 console.log(`${'what'.padEnd(44)} ${'best'.padStart(12)} ${'median'.padStart(12)}`);
-row('native ess_matmul, 1 thread (AVX2)', { best: nat.ms_best, median: nat.ms_median });
+row('native ess_matmul_ex, 1 thread (AVX2)', { best: nat.ms_best, median: nat.ms_median });
 for (const [m, r] of Object.entries(inNode)) {
   row(`${label(m)} in Node, kernel`, r.kernel);
   row(`${label(m)} in Node, whole frame`, r.framed);
