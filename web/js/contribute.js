@@ -47,9 +47,17 @@ function render(s) {
     const name = models[f.modelId] ?? `model ${f.modelId.slice(0, 8)}`;
     const it = f.items;
     let what;
+    const label = x => `${x.tensor}${x.layer !== null ? `, layer ${x.layer}` : ''}${f.cls === 'expert' ? `, expert ${x.expert}` : ''}`;
     if (f.cls === 'header') what = 'Model header (metadata and tokenizer)';
-    else if (it.length === 1) what = `${it[0].tensor}${it[0].layer !== null ? `, layer ${it[0].layer}` : ''}${f.cls === 'expert' ? `, expert ${it[0].expert}` : ''}`;
-    else what = `${it.length} small tensors (norms)`;
+    else if (it.length === 1) what = label(it[0]);
+    else {
+      // a fragment may end one matrix, start the next and carry small tensors (norms)
+      const big = it.filter(x => x.row1 - x.row0 > 1), small = it.length - big.length;
+      const parts = big.slice(0, 2).map(x => `${label(x)} (rows ${x.row0}–${x.row1 - 1})`);
+      if (big.length > 2) parts.push(`${big.length - 2} more`);
+      if (small) parts.push(`${small} small tensor${small > 1 ? 's' : ''} (norms)`);
+      what = parts.join(' + ');
+    }
     const rows = it.length === 1 && f.cls !== 'header' ? ` · rows ${it[0].row0}–${it[0].row1 - 1}` : '';
     ul.append(el('li', {}, el('div', { class: 'what', text: what }, el('span', { class: 'tag', text: f.cls })),
                  el('div', { class: 'muted small', text: `${name} · fragment #${f.index} · ${bytes(f.size)}${rows}` })));
