@@ -465,6 +465,7 @@ int ess_cmd_api(int argc, char **argv) {
     long max_tokens = 512, threads = sysconf(_SC_NPROCESSORS_ONLN), ctx = 0, batch = 512, seed = -1;
     int kv_type = ESS_TYPE_F32, use_swa = 0;
     ess_remote_opts ro = {0};
+    ro.who = "api";
     ess_sampler_params sp;
     ess_sampler_params_default(&sp);
     if (threads < 1) threads = 1;

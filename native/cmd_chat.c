@@ -337,6 +337,7 @@ int ess_cmd_chat(int argc, char **argv) {
     long max_tokens = 512, threads = sysconf(_SC_NPROCESSORS_ONLN), ctx = 0, batch = 512, seed = -1, delay = 0;
     int kv_type = ESS_TYPE_F32, seed_given = 0, use_swa = 0;
     ess_remote_opts ro = {0};
+    ro.who = "chat";
     ess_remote *rem = NULL;
     const char **user_stops = calloc((size_t)argc + 1, sizeof *user_stops);
     int n_user_stops = 0;

@@ -81,6 +81,7 @@ int ess_cmd_run(int argc, char **argv) {
     ess_sampler_params sp;
     ess_sampler_params_default(&sp);
     ess_remote_opts ro = {0};
+    ro.who = "run";
     ess_remote *rem = NULL;
     ess_remote_backend rb;
     if (threads < 1) threads = 1;

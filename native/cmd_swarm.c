@@ -836,6 +836,7 @@ static int open_remote(swarm *sw, ess_remote **r, ess_engine *en, ess_tokenizer 
     ro.stall_s = 60;
     ro.connect_s = 30;
     ro.quiet = !sw->o.verbose;
+    ro.who = "swarm";
     memset(en, 0, sizeof *en);
     if (ess_remote_open(r, &ro, err, errlen)) return -1;
     ess_driver_opts dopt = {0};

@@ -3,6 +3,7 @@
 #include "remote.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +104,15 @@ static int slot_of(const ess_remote *r, uint64_t id) {
 
 /* An attempt failed (ERROR or a bad RESULT): retry it within the budget, or fail the
  * round with the reason. */
+/* A line on stderr, begun with the command's name. */
+static void say(const ess_remote *r, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "%s: ", r->o.who);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+}
+
 static void attempt_failed(ess_remote *r, int s, const char *why, double delay) {
     slot *sl = &r->slots[s];
     const ess_request *q = &r->reqs[s];
@@ -119,7 +129,7 @@ static void attempt_failed(ess_remote *r, int s, const char *why, double delay) 
     }
     sl->not_before = ess_now() + delay;
     r->st.resent++;
-    if (!r->o.quiet) fprintf(stderr, "run: request %llu: %s; re-sending\n", (unsigned long long)q->id, why);
+    if (!r->o.quiet) say(r, "request %llu: %s; re-sending\n", (unsigned long long)q->id, why);
 }
 
 static void on_result(ess_remote *r, const ess_wire_header *h) {
@@ -132,7 +142,7 @@ static void on_result(ess_remote *r, const ess_wire_header *h) {
     const int latest = r->slots[s].wire_id == h->id;
     if (ess_wire_result_decode(h->body, h->body_len, &res, &e)) {
         r->st.bad_results++;
-        fprintf(stderr, "run: bad RESULT for request %llu: %s\n", (unsigned long long)q->id, e.msg);
+        say(r, "bad RESULT for request %llu: %s\n", (unsigned long long)q->id, e.msg);
         if (latest) attempt_failed(r, s, "malformed result", 0);
         return;
     }
@@ -142,7 +152,7 @@ static void on_result(ess_remote *r, const ess_wire_header *h) {
         char why[160];
         r->st.bad_results++;
         snprintf(why, sizeof why, "result of %u x %u values, expected %d x %zu", res.n_tok, res.n_cols, q->n_tok, q->out_cols);
-        fprintf(stderr, "run: request %llu: %s: refused\n", (unsigned long long)q->id, why);
+        say(r, "request %llu: %s: refused\n", (unsigned long long)q->id, why);
         if (latest) attempt_failed(r, s, why, 0);
         return;
     }
@@ -166,7 +176,7 @@ static void on_error(ess_remote *r, const ess_wire_header *h) {
     ess_wire_error er;
     ess_err e = {0};
     if (ess_wire_error_decode(h->body, h->body_len, &er, &e)) {
-        fprintf(stderr, "run: bad ERROR frame from the relay: %s\n", e.msg);
+        say(r, "bad ERROR frame from the relay: %s\n", e.msg);
         return;
     }
     const char *name = ess_wire_error_name(er.code);
@@ -176,7 +186,7 @@ static void on_error(ess_remote *r, const ess_wire_header *h) {
     int s = h->id ? slot_of(r, h->id) : -1;
     if (s >= 0 && !r->slots[s].done && r->slots[s].wire_id != h->id) return; /* an older attempt failed: the latest runs */
     if (s < 0 || r->slots[s].done) {
-        fprintf(stderr, "run: relay says %s\n", why);
+        say(r, "relay says %s\n", why);
         /* The rate limiter drops a frame without saying which (id 0): what is in flight
          * goes again shortly unless it is answered meanwhile. */
         if (er.code == ESS_WERR_RATE_LIMITED) {
@@ -213,11 +223,11 @@ static void r_on_frame(void *user, const uint8_t *p, size_t n) {
     ess_err e = {0};
     r->st.bytes_in += n;
     if (ess_wire_frame_decode(p, n, &h, &e)) {
-        fprintf(stderr, "run: bad frame from the relay (%zu bytes): %s\n", n, e.msg);
+        say(r, "bad frame from the relay (%zu bytes): %s\n", n, e.msg);
         return;
     }
     if (h.flags & ESS_WIRE_F_ZSTD) {
-        fprintf(stderr, "run: compressed %s from the relay, which was not negotiated: ignored\n", ess_wire_type_name(h.type));
+        say(r, "compressed %s from the relay, which was not negotiated: ignored\n", ess_wire_type_name(h.type));
         return;
     }
     switch (h.type) {
@@ -235,7 +245,7 @@ static void r_on_frame(void *user, const uint8_t *p, size_t n) {
         r->last_progress = ess_now();
         break;
     }
-    case ESS_WIRE_BYE: fprintf(stderr, "run: the relay says goodbye: %.*s\n", (int)h.body_len, (const char *)h.body); break;
+    case ESS_WIRE_BYE: say(r, "the relay says goodbye: %.*s\n", (int)h.body_len, (const char *)h.body); break;
     default: break; /* HEARTBEAT echoes, STATS: nothing to do for an asker */
     }
 }
@@ -250,6 +260,7 @@ int ess_remote_open(ess_remote **out, const ess_remote_opts *o, char *err, size_
     if (r->o.retries <= 0) r->o.retries = 3;
     if (r->o.stall_s <= 0) r->o.stall_s = 60;
     if (r->o.connect_s <= 0) r->o.connect_s = 30;
+    if (!r->o.who) r->o.who = "essaim";
     r->next_id = 1;
     if (!o->relay || ess_fetch_base(o->relay, r->base, sizeof r->base)) {
         snprintf(err, errlen, "%s: not a ws:// or wss:// URL", o->relay ? o->relay : "(no relay)");
@@ -260,7 +271,7 @@ int ess_remote_open(ess_remote **out, const ess_remote_opts *o, char *err, size_
     ro.url = o->relay;
     ro.insecure = o->insecure;
     ro.ca_file = o->ca_file;
-    ro.log_name = "run";
+    ro.log_name = r->o.who;
     ro.backoff_min_s = 0.5;
     ro.backoff_max_s = 5;   /* an asker is waiting: retry sooner than a node would */
     ro.on_open = r_on_open;
@@ -612,7 +623,7 @@ static int need_frag(ess_remote *r, const ess_manifest_frag *mf, const char *dir
         if (rc) return -1;
         if (!r->o.quiet) {
             char b[32];
-            fprintf(stderr, "run: fetched %s fragment %u (%s) in %.2f s\n", ess_frag_class_name(mf->cls), mf->index,
+            say(r, "fetched %s fragment %u (%s) in %.2f s\n", ess_frag_class_name(mf->cls), mf->index,
                     ess_fmt_bytes(mf->size, b, sizeof b), ess_now() - t0);
         }
     } else {

@@ -36,6 +36,7 @@ typedef struct {
     double stall_s;          /* a round with no answer for this long fails (default 60) */
     double connect_s;        /* first connection and WELCOME within (default 30) */
     int quiet;               /* no progress lines on stderr */
+    const char *who;         /* the command, as stderr lines begin (default "essaim") */
 } ess_remote_opts;
 
 typedef struct ess_remote ess_remote;
