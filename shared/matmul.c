@@ -96,7 +96,10 @@ static int repack_dots_for(const ess_kernels *k, uint32_t wtype, repack_dots *d)
     memset(d, 0, sizeof *d);
 #if defined(__wasm_simd128__)
     if (k->isa == ESS_ISA_SIMD128) switch (wtype) {
-        case ESS_TYPE_Q4_0: d->gemv = d->gemm = ess_vec_dot_q4_0_q8_0_rp_simd128; return 1;
+        case ESS_TYPE_Q4_0:
+            d->gemv = d->gemm = ess_vec_dot_q4_0_q8_0_rp_simd128;
+            d->gemv4 = ess_gemv4_q4_0_q8_0_rp_simd128;
+            return 1;
         case ESS_TYPE_Q4_K:
             d->gemv = ess_vec_dot_q4_K_q8_K_gemv_simd128, d->gemm = ess_vec_dot_q4_K_q8_K_gemm_simd128;
             d->gemv4 = ess_gemv4_q4_K_q8_K_simd128;

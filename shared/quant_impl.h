@@ -60,6 +60,7 @@ void ess_vec_dot_q2_K_q8_K_gemv_simd128(int n, float *s, const void *w, const vo
 void ess_vec_dot_q2_K_q8_K_gemm_simd128(int n, float *s, const void *w, const void *a);
 /* four rows wrow bytes apart (s[0..3]), each with ess_vec_dot_q4_K_q8_K_gemv_simd128's bits */
 void ess_gemv4_q4_K_q8_K_simd128(int n, float *s, const void *w, size_t wrow, const void *a);
+void ess_gemv4_q4_0_q8_0_rp_simd128(int n, float *s, const void *w, size_t wrow, const void *a);
 #endif
 
 /* ---- native float order on wasm (the _simd128 kernels) ----

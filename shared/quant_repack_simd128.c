@@ -254,6 +254,33 @@ void ess_gemv4_q4_K_q8_K_simd128(int n, float *s, const void *vw, size_t wrow, c
     wasm_v128_store(s, wasm_f32x4_sub(acc, accm));
 }
 
+/* Q4_0 for four rows (wrow bytes apart) against one activation row: s[r] has the bits of
+ * ess_vec_dot_q4_0_q8_0_rp_simd128 on row r. The activation's loads and its 8 x sum term
+ * are shared by the rows, and the four FMA chains run in the lanes of one f32x4. */
+void ess_gemv4_q4_0_q8_0_rp_simd128(int n, float *s, const void *vw, size_t wrow, const void *va) {
+    const ess_block_q8_0 *a = va;
+    const uint8_t *w = vw;
+    const v128_t m4 = wasm_i8x16_splat(0x0F), eight = wasm_i8x16_splat(8);
+    v128_t acc = wasm_f32x4_splat(0);
+    for (int i = 0; i < n / ESS_QK4_0; i++) {
+        const v128_t a0 = wasm_v128_load(a[i].qs), a1 = wasm_v128_load(a[i].qs + 16);
+        const v128_t a8 = wasm_i16x8_add(ess_pairs_u7_simd128(eight, a0), ess_pairs_u7_simd128(eight, a1));
+        v128_t v[4];
+        int32_t dh[4];
+        for (int r = 0; r < 4; r++) {
+            const ess_block_q4_0 *x = (const ess_block_q4_0 *)(w + (size_t)r * wrow) + i;
+            const v128_t q = wasm_v128_load(x->qs);
+            /* as the one-row form: sum a*q - 8*sum a, per i16 lane within +-11776 */
+            const v128_t aq = wasm_i16x8_add(ess_pairs_u7_simd128(wasm_v128_and(q, m4), a0), ess_pairs_u7_simd128(wasm_u8x16_shr(q, 4), a1));
+            v[r] = wasm_i32x4_extadd_pairwise_i16x8(wasm_i16x8_sub(aq, a8));
+            dh[r] = x->d;
+        }
+        const v128_t dd = wasm_f32x4_mul(h2f4(wasm_v128_load(dh)), wasm_f32x4_splat(ess_h2f_simd128(a[i].d)));
+        acc = ess_fma4_simd128(acc, wasm_f32x4_convert_i32x4(hsum4x4_i32(v[0], v[1], v[2], v[3])), dd);
+    }
+    wasm_v128_store(s, acc);
+}
+
 /* Q2_K with one FMA per `group` quants (128: gemm, 256: gemv), as dot_q2_K_grouped */
 static void dot_q2_K_grouped(int n, float *s, const void *vw, const void *va, int group) {
     const ess_block_q2_K *x = vw;
