@@ -133,7 +133,8 @@ static int read_request(int fd, request *rq, char *err, size_t errlen) {
     long long clen = 0;
     for (char *h = strstr(buf, "\r\n"); h && h < end; h = strstr(h + 2, "\r\n")) {
         if (!strncasecmp(h + 2, "Content-Length:", 15)) clen = strtoll(h + 17, NULL, 10);
-        if (!strncasecmp(h + 2, "Transfer-Encoding:", 18) && strstr(h + 20, "chunked") && strstr(h + 20, "chunked") < strstr(h + 2, "\r\n")) {
+        const char *eol = strstr(h + 2, "\r\n"), *chunked = strstr(h + 2, "chunked");
+        if (!strncasecmp(h + 2, "Transfer-Encoding:", 18) && chunked && chunked < eol) {
             free(buf);
             snprintf(err, errlen, "chunked request bodies are not supported: send Content-Length");
             return 411;
@@ -517,22 +518,7 @@ int ess_cmd_api(int argc, char **argv) {
     o.kv_type = kv_type;
     o.use_swa = use_swa;
     o.max_batch = (int)batch;
-    o.n_ctx = (int)ctx;
-    if (!ro.relay && !ctx) { /* the model's context, at most 4096: read its header first */
-        ess_source s;
-        ess_model m;
-        ess_err e = {0};
-        memset(&m, 0, sizeof m);
-        if (ess_source_open(&s, model, err, sizeof err) || ess_model_init(&m, &s.g, &e)) {
-            fprintf(stderr, "essaim api: %s\n", e.msg[0] ? e.msg : err);
-            ess_model_free(&m);
-            ess_source_close(&s);
-            return 1;
-        }
-        o.n_ctx = m.n_ctx_train < 4096 ? m.n_ctx_train : 4096;
-        ess_model_free(&m);
-        ess_source_close(&s);
-    }
+    o.n_ctx = (int)ctx; /* 0: the model's, at most ESS_DEFAULT_MAX_CTX (source.h, remote.h) */
     if (ro.relay ? ess_remote_open(&rem, &ro, err, sizeof err) || ess_remote_engine_open(&en, rem, model, &o, err, sizeof err)
                  : ess_engine_open(&en, model, (int)threads, &o, err, sizeof err)) {
         fprintf(stderr, "essaim api: %s\n", err);

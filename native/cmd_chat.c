@@ -404,18 +404,7 @@ int ess_cmd_chat(int argc, char **argv) {
     chat ch;
     memset(&ch, 0, sizeof ch);
     int rc = 1;
-    if (ro.relay) o.n_ctx = (int)ctx; /* 0: the model's, at most 4096 (remote.h) */
-    else {
-        /* the model's context (at most 4096 unless --ctx) is known once its header is read */
-        ess_source s;
-        if (ess_source_open(&s, model, err, sizeof err)) { fprintf(stderr, "essaim chat: %s\n", err); ess_source_close(&s); free(user_stops); return 1; }
-        ess_model m;
-        ess_err e = {0};
-        if (ess_model_init(&m, &s.g, &e)) { fprintf(stderr, "essaim chat: %s: %s\n", model, e.msg); ess_model_free(&m); ess_source_close(&s); free(user_stops); return 1; }
-        o.n_ctx = ctx ? (int)ctx : (m.n_ctx_train < 4096 ? m.n_ctx_train : 4096);
-        ess_model_free(&m);
-        ess_source_close(&s);
-    }
+    o.n_ctx = (int)ctx; /* 0: the model's, at most ESS_DEFAULT_MAX_CTX (source.h, remote.h) */
     if (ro.relay) {
         if (ess_remote_open(&rem, &ro, err, sizeof err) || ess_remote_engine_open(&en, rem, model, &o, err, sizeof err)) {
             fprintf(stderr, "essaim chat: %s\n", err);

@@ -138,19 +138,7 @@ int ess_cmd_run(int argc, char **argv) {
     int n_tok = 0, rc = 1;
     ess_tokenizer *tok = NULL;
     memset(&en, 0, sizeof en);
-    if (ro.relay) {
-        o.n_ctx = (int)ctx; /* 0: the model's, at most 4096 (remote.h) */
-    } else {
-        /* read the header once to learn the model's context and tokenize */
-        ess_source s;
-        if (ess_source_open(&s, model, err, sizeof err)) { fprintf(stderr, "essaim run: %s\n", err); ess_source_close(&s); return 1; }
-        ess_model m;
-        ess_err e = {0};
-        if (ess_model_init(&m, &s.g, &e)) { fprintf(stderr, "essaim run: %s: %s\n", model, e.msg); ess_model_free(&m); ess_source_close(&s); return 1; }
-        o.n_ctx = ctx ? (int)ctx : (m.n_ctx_train < 4096 ? m.n_ctx_train : 4096);
-        ess_model_free(&m);
-        ess_source_close(&s);
-    }
+    o.n_ctx = (int)ctx; /* 0: the model's, at most ESS_DEFAULT_MAX_CTX (source.h, remote.h) */
     if (ro.relay ? ess_remote_open(&rem, &ro, err, sizeof err) || ess_remote_engine_open(&en, rem, model, &o, err, sizeof err)
                  : ess_engine_open(&en, model, (int)threads, &o, err, sizeof err)) {
         fprintf(stderr, "essaim run: %s\n", err);

@@ -154,10 +154,7 @@ static void run_share(void *arg, int ith, int nth) {
     uint64_t first = 0; /* the chunk where request i starts */
     for (;;) {
         const uint64_t c = atomic_fetch_add_explicit(&j->next, 1, memory_order_relaxed);
-        while (i < j->n && c >= first + (units(&j->reqs[i]) + j->chunk - 1) / j->chunk) {
-            first += (units(&j->reqs[i]) + j->chunk - 1) / j->chunk;
-            i++;
-        }
+        for (uint64_t nc; i < j->n && c >= first + (nc = (units(&j->reqs[i]) + j->chunk - 1) / j->chunk); i++) first += nc;
         if (i == j->n) return;
         const uint64_t lo = (c - first) * j->chunk, u = units(&j->reqs[i]);
         run_range(j, &j->reqs[i], lo, lo + j->chunk < u ? lo + j->chunk : u);

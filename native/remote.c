@@ -773,7 +773,7 @@ int ess_remote_engine_open(ess_engine *en, ess_remote *r, const char *model, con
 
     ess_kernels_init(&en->k, ess_cpu_isa());
     ess_driver_opts dopt = *o;
-    if (!dopt.n_ctx) dopt.n_ctx = md->n_ctx_train < 4096 ? md->n_ctx_train : 4096;
+    if (!dopt.n_ctx) dopt.n_ctx = md->n_ctx_train < ESS_DEFAULT_MAX_CTX ? md->n_ctx_train : ESS_DEFAULT_MAX_CTX;
     if (ess_driver_init(&en->d, &en->model, &s->plan, s->frag_data, &en->k, &dopt, &e)) {
         snprintf(err, errlen, "%s: %s", model, e.msg);
         goto out;

@@ -176,6 +176,7 @@ int ess_engine_open(ess_engine *en, const char *path, int n_threads, const ess_d
     }
     /* the driver's attention runs on the same pool, between rounds */
     ess_driver_opts opts = o ? *o : (ess_driver_opts){0};
+    if (!opts.n_ctx) opts.n_ctx = en->model.n_ctx_train < ESS_DEFAULT_MAX_CTX ? en->model.n_ctx_train : ESS_DEFAULT_MAX_CTX;
     if (!opts.parallel) {
         opts.parallel = pool_parallel;
         opts.parallel_ctx = en->x;

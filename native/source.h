@@ -44,7 +44,12 @@ typedef struct {
     ess_exec *x;
 } ess_engine;
 
-/* 0, or -1 with err naming what failed; ess_engine_close in both cases. */
+/* The context an engine gets when its options leave n_ctx 0: the model's, at most this
+ * many positions (a 32K-context model's full KV cache is gigabytes). */
+#define ESS_DEFAULT_MAX_CTX 4096
+
+/* 0, or -1 with err naming what failed; ess_engine_close in both cases. o->n_ctx 0: the
+ * model's context, at most ESS_DEFAULT_MAX_CTX. */
 int ess_engine_open(ess_engine *en, const char *path, int n_threads, const ess_driver_opts *o, char *err, size_t errlen);
 void ess_engine_close(ess_engine *en);
 /* Evaluates n tokens and runs every round locally; logits in ess_driver_logits(en->d). */
