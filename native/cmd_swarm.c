@@ -383,9 +383,11 @@ static int start_relay(swarm *sw) {
     snprintf(log, sizeof log, "%s/relay.log", sw->work);
     /* One asker on loopback sends a round's requests in a burst: the public relay's rate
      * limit (2000 frames/s) would throttle our own driver. */
-    char *argv[20] = {sw->relay_exe, "--listen", listen, "--store", sw->store, "--db", db, "--replicas", reps,
-                      "--heartbeat", hb, "--rate", "200000", "--burst", "400000"};
-    int k = 15;
+    /* Our nodes start with the relay: one heartbeat period is ample for those of an earlier
+     * run to announce what their stores still hold (--settle; the relay's default is 3). */
+    char *argv[22] = {sw->relay_exe, "--listen", listen, "--store", sw->store, "--db", db, "--replicas", reps,
+                      "--heartbeat", hb, "--settle", hb, "--rate", "200000", "--burst", "400000"};
+    int k = 17;
     if (sw->web[0]) { argv[k++] = "--web"; argv[k++] = sw->web; }
     argv[k] = NULL;
     unlink(log); /* one run per log (a restart by chaos appends) */

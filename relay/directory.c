@@ -681,8 +681,21 @@ out:
     return made;
 }
 
+void ess_dir_settle(ess_dir *d, uint64_t until_ms) { d->settle_until_ms = until_ms; }
+
+int ess_dir_settling(const ess_dir *d) { return d->settle_until_ms != 0; }
+
+/* Has every fragment R live replicas (in any state)? */
+static int all_at_target(const ess_dir *d) {
+    for (uint32_t f = 0; f < d->n_frags; f++)
+        if (counted_replicas(d, f) < d->cfg.replicas) return 0;
+    return 1;
+}
+
 void ess_dir_tick(ess_dir *d, uint64_t now) {
     d->last_tick_ms = now;
+    if (d->settle_until_ms && (now >= d->settle_until_ms || all_at_target(d))) d->settle_until_ms = 0;
+    int settling = d->settle_until_ms != 0;
     uint64_t silence = d->cfg.heartbeat_ms * d->cfg.missed_beats;
     for (uint32_t i = 0; i < d->n_nodes; i++) {
         ess_dir_node *n = &d->nodes[i];
@@ -709,7 +722,7 @@ void ess_dir_tick(ess_dir *d, uint64_t now) {
         }
         /* Surplus replicas leave the directory now (no request is routed to them from
          * here on) and their nodes are told to drop them. */
-        if (fr->n_holders > d->cfg.replicas) {
+        if (fr->n_holders > d->cfg.replicas && !settling) {
             uint32_t drop[16]; /* more than that many surplus holders go on the next tick */
             uint32_t n = ess_dir_surplus(d, f, now, drop, 16);
             for (uint32_t k = 0; k < n; k++) {
@@ -719,7 +732,7 @@ void ess_dir_tick(ess_dir *d, uint64_t now) {
             }
         }
     }
-    if (d->dirty) rebalance(d, now);
+    if (d->dirty && !settling) rebalance(d, now);
 }
 
 /* ---- rate limits ---- */

@@ -166,6 +166,7 @@ typedef struct {
     uint32_t req_seq;
     ess_dir_event *events; uint32_t n_events, cap_events;
     int dirty;                   /* placement must be looked at again */
+    uint64_t settle_until_ms;    /* placement waits until then for known nodes (0: not settling) */
     ess_dir_counters ctr;
     uint64_t last_tick_ms;
 } ess_dir;
@@ -286,8 +287,19 @@ void ess_dir_asker_gone(ess_dir *d, uint32_t asker);
  * re-sends or fails requests past their deadline, drops stale assignments, releases
  * surplus replicas (RELEASE events: the holding leaves the directory at once), and when
  * placement is dirty assigns fragments below R (ASSIGN events, at most
- * max_assign_per_tick a pass; the rest on the next tick). */
+ * max_assign_per_tick a pass; the rest on the next tick). While settling (see
+ * ess_dir_settle) it neither releases nor assigns. */
 void ess_dir_tick(ess_dir *d, uint64_t now);
+
+/* After a restart the directory knows no holdings: nodes come back one by one and tell
+ * what they hold. Placing replicas meanwhile would hand the first node back everything
+ * the others still hold, and releasing the surplus later would empty the others (HDFS's
+ * NameNode waits in "safe mode" for the same reason). Until `until_ms`, or until every
+ * fragment has R live replicas again, whichever comes first, the tick neither assigns
+ * nor releases; routing, heartbeats and claims go on. 0 ends the wait. */
+void ess_dir_settle(ess_dir *d, uint64_t until_ms);
+/* Is placement still waiting (see ess_dir_settle)? */
+int ess_dir_settling(const ess_dir *d);
 
 /* ---- events ---- */
 /* The outbox: read d->events[0 .. d->n_events) then clear it. */

@@ -422,6 +422,9 @@ char *ess_relay_stats_json(ess_relay *r) {
                           "live_nodes", nodes);
     if (o) json_object_set_new(o, "replica_histogram", histogram);
     else json_decref(histogram);
+    /* Seconds placement still waits for known nodes after a restart (0: placing). */
+    if (o) json_object_set_new(o, "settling_s", json_integer(r->dir.settle_until_ms > now
+                                                             ? (json_int_t)((r->dir.settle_until_ms - now + 999) / 1000) : 0));
     if (!o) return NULL;
     char *txt = json_dumps(o, JSON_COMPACT);
     json_decref(o);

@@ -289,6 +289,10 @@ static void usage(FILE *f) {
             "                         a key, its address) refused this long (default 60; 0: close only)\n"
             "  --spot-check SECONDS   re-check a random fragment of each node about this often (default 300;\n"
             "                         0: only the check after HOLDINGS)\n"
+            "  --settle SECONDS       after a restart, wait this long for the nodes that held fragments to come\n"
+            "                         back and announce them before placing or releasing replicas; ends\n"
+            "                         early once they are all back or every fragment has R replicas\n"
+            "                         (default: heartbeat x missed, the time a silent node has anyway)\n"
             "  --tls-cert FILE        PEM certificate: serve wss:// and https://\n"
             "  --tls-key FILE         PEM private key of the certificate\n"
             "  --add-model DIR        check DIR's fragments and copy them into the store, then exit\n"
@@ -340,12 +344,13 @@ int main(int argc, char **argv) {
     o->max_frame = ESS_WIRE_MAX_FRAME;
     o->ban_s = 60;
     o->spot_check_s = 300;
+    o->settle_s = UINT32_MAX; /* heartbeat x missed, once those are known */
     static const struct option lo[] = {
         {"listen", 1, 0, 'l'}, {"store", 1, 0, 's'}, {"db", 1, 0, 'd'}, {"web", 1, 0, 'w'},
         {"replicas", 1, 0, 'R'}, {"heartbeat", 1, 0, 'H'}, {"missed", 1, 0, 'M'}, {"request-timeout", 1, 0, 'T'},
         {"rate", 1, 0, 'r'}, {"burst", 1, 0, 'b'}, {"max-frame", 1, 0, 'F'}, {"tls-cert", 1, 0, 'c'},
         {"tls-key", 1, 0, 'k'}, {"add-model", 1, 0, 'a'}, {"ban", 1, 0, 'B'}, {"spot-check", 1, 0, 'S'},
-        {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"settle", 1, 0, 'E'}, {"verbose", 0, 0, 'v'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     int c, li = 0;
     uint32_t u;
     while ((c = getopt_long(argc, argv, "vh", lo, &li)) != -1) {
@@ -372,10 +377,11 @@ int main(int argc, char **argv) {
         case 'b':
         case 'B':
         case 'S':
+        case 'E':
         case 'F': {
-            uint32_t hi = c == 'R' ? 64 : c == 'M' ? 100 : c == 'H' || c == 'B' || c == 'S' ? 86400
+            uint32_t hi = c == 'R' ? 64 : c == 'M' ? 100 : c == 'H' || c == 'B' || c == 'S' || c == 'E' ? 86400
                         : c == 'T' ? ESS_WIRE_MAX_DEADLINE_MS : c == 'F' ? ESS_WIRE_MAX_FRAME : 10000000;
-            uint32_t lo_ = c == 'F' ? ESS_WIRE_HEADER_SIZE : c == 'B' || c == 'S' ? 0 : 1;
+            uint32_t lo_ = c == 'F' ? ESS_WIRE_HEADER_SIZE : c == 'B' || c == 'S' || c == 'E' ? 0 : 1;
             if (parse_u32(optarg, lo_, hi, &u)) {
                 fprintf(stderr, "essaim-relay: --%s wants an integer in [%u, %u], got '%s'\n", lo[li].name, lo_, hi, optarg);
                 return 2;
@@ -389,6 +395,7 @@ int main(int argc, char **argv) {
             if (c == 'F') o->max_frame = u;
             if (c == 'B') o->ban_s = u;
             if (c == 'S') o->spot_check_s = u;
+            if (c == 'E') o->settle_s = u;
             break;
         }
         default: /* getopt has named the unknown option or the one missing its value */
@@ -493,6 +500,18 @@ int main(int argc, char **argv) {
     signal(SIGTERM, on_signal);
     signal(SIGPIPE, SIG_IGN);
     r->start_ms = ess_relay_now_ms();
+    /* A restart: the nodes that held fragments when the last run saved them get the time a
+     * silent node has anyway to come back and announce them before placement moves anything
+     * (docs/relay.md, "Restart"). */
+    int64_t holders = ess_store_holder_count(r->db);
+    if (o->settle_s == UINT32_MAX) o->settle_s = o->heartbeat_s * o->missed_beats;
+    if (holders > 0 && o->settle_s && r->dir.n_frags) {
+        ess_dir_settle(&r->dir, r->start_ms + (uint64_t)o->settle_s * 1000u);
+        r->settling = 1;
+        r->settle_expect = (uint32_t)holders;
+        ess_relay_log(NULL, "%lld nodes held fragments before the restart: placement waits up to %us for them to announce them",
+                      (long long)holders, o->settle_s);
+    }
     lws_sul_schedule(r->ctx, 0, &r->sul_tick, on_tick, ESS_RELAY_TICK_MS * LWS_US_PER_MS);
     lws_sul_schedule(r->ctx, 0, &r->sul_flush, on_flush, (lws_usec_t)ESS_RELAY_FLUSH_S * LWS_US_PER_SEC);
     ess_relay_log(NULL,

@@ -33,6 +33,7 @@ typedef struct {
     uint32_t max_frame;         /* bytes of one WebSocket message */
     uint32_t ban_s;             /* a flooder's key (or address, without a key) is refused this long */
     uint32_t spot_check_s;      /* mean period of a node's random possession re-check; 0 = never */
+    uint32_t settle_s;          /* after a restart, placement waits this long for known nodes */
     int verbose;
 } ess_relay_opts;
 
@@ -63,6 +64,9 @@ typedef struct ess_relay {
     ess_banlist bans;           /* flooders: "K"+key or "A"+address, until when (not saved) */
     uint64_t start_ms;
     int tls;
+    int settling;               /* placement waits for the nodes that held fragments before a restart */
+    uint32_t settle_expect;     /* how many such nodes the database lists */
+    uint32_t settle_back;       /* how many of them have announced their fragments again */
 } ess_relay;
 
 /* Monotonic milliseconds (the directory's clock) and wall-clock seconds. */

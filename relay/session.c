@@ -382,6 +382,8 @@ void ess_relay_flush(ess_relay *r) {
         ess_store_node w = *b;
         w.uptime_s = ess_dir_node_uptime_s(&r->dir, i, now);
         if (n->live) w.last_seen = ess_relay_unix_s();
+        w.held = 0; /* announced (claimed or proven), so that a restart knows to wait for it */
+        for (uint32_t k = 0; n->live && k < n->n_frags; k++) w.held += ess_dir_holding(&r->dir, i, n->frags[k]) != ESS_DIR_ASSIGNED;
         w.served += n->stats.served;
         w.failed += n->stats.failed;
         w.timeouts += n->stats.timeouts;
@@ -743,6 +745,13 @@ static void on_holdings(ess_sess *s, const ess_wire_header *h, json_t *j) {
         possess(r, s, set[k], now, 0);
     }
     free(set);
+    /* One more of the nodes a restarted relay waits for; when all are back, placement
+     * resumes (their claims count as replicas while the checks run). */
+    ess_store_node *b = &r->node_base[s->node];
+    if (r->settling && b->held) {
+        b->held = 0;
+        if (++r->settle_back >= r->settle_expect) ess_dir_settle(&r->dir, 0);
+    }
 }
 
 static void on_proof(ess_sess *s, const ess_wire_header *h, json_t *j) {
@@ -1241,6 +1250,14 @@ void ess_relay_tick(ess_relay *r) {
     }
     spot_checks(r, now);
     ess_dir_tick(&r->dir, now);
+    if (r->settling && !ess_dir_settling(&r->dir)) {
+        r->settling = 0;
+        ess_relay_log(NULL, "placement resumes: %u of %u nodes that held fragments are back", r->settle_back, r->settle_expect);
+        /* Those not back are not waited for after another restart; the live ones are saved
+         * again right away. */
+        if (r->db && ess_store_forget_holdings(r->db)) ess_relay_log(NULL, "database: %s", ess_store_errmsg(r->db));
+        ess_relay_flush(r);
+    }
     pump(r);
 }
 

@@ -1,7 +1,7 @@
 /* store.h - what the relay keeps across restarts, in SQLite: node identities with their
- * lifetime statistics, and named counters. Does not keep the directory itself (nodes
- * announce their holdings again when they reconnect) nor models (they are files under
- * --store).
+ * lifetime statistics and how many fragments each held, and named counters. Does not keep
+ * the directory itself (nodes announce their holdings again when they reconnect) nor
+ * models (they are files under --store).
  *
  * Writes are batched: the relay calls ess_store_begin/commit around a periodic flush
  * from its timer, never per frame. WAL journal, synchronous=NORMAL: a crash loses at
@@ -20,6 +20,7 @@ typedef struct {
     uint64_t uptime_s, sessions;
     uint64_t served, failed, timeouts, bad_answers, bytes_out;
     uint64_t bad_proofs;
+    uint64_t held;                   /* fragments it announced at the last save while live; 0 once it left */
 } ess_store_node;
 
 /* Opens (creating when absent) the database at path. 0, or -1 with a message in err. */
@@ -32,6 +33,12 @@ int ess_store_node_get(ess_store *s, const char *key, ess_store_node *n);
 int ess_store_node_put(ess_store *s, const char *key, const ess_store_node *n);
 /* Number of identities ever seen; -1 on error. */
 int64_t ess_store_node_count(ess_store *s);
+/* Number of identities that held fragments when last saved live (a restarted relay waits
+ * for them); -1 on error. */
+int64_t ess_store_holder_count(ess_store *s);
+/* Sets every identity's `held` to 0: those not seen again are not waited for next time
+ * (the next save writes the live ones again). 0 or -1. */
+int ess_store_forget_holdings(ess_store *s);
 
 /* Named 64-bit counters (requests routed, ...): get returns 0 when absent. */
 uint64_t ess_store_counter_get(ess_store *s, const char *name);

@@ -184,6 +184,8 @@ if wait_covered; then
     fi
     # The relay restarts: the nodes come back by themselves (backoff with jitter), prove
     # what they hold again, and the swarm answers as before.
+    released() { curl -sk "$HTTP/api/stats" 2>/dev/null | tr -d ' \n' | grep -o '"replicas_released":[0-9]*' | cut -d: -f2; }
+    released_before=$(released)
     kill "$RELAY_PID" 2>/dev/null
     wait "$RELAY_PID" 2>/dev/null
     sleep 1
@@ -197,6 +199,17 @@ if wait_covered; then
     else
         cat "$TMP/restart.log" "$TMP/node2-ws.log" >"$TMP/restart-all.log" 2>/dev/null
         ko "ws: relay restarted, swarm did not come back" "$TMP/restart-all.log"
+    fi
+    # Settling: the restarted relay waited for the nodes it knew instead of handing the
+    # first one back everything, so it had no surplus to release (that emptied node stores).
+    released_after=$(released)
+    if grep -q "placement waits" "$TMP/relay-ws-restarted.log" && [ -n "$released_before" ] &&
+        [ "$released_after" = "$released_before" ]; then
+        ok "ws: restarted relay settled: no replica placed twice, none released ($released_after released in all)"
+    else
+        { echo "replicas released before the restart: $released_before, after: $released_after"; cat "$TMP/relay-ws-restarted.log"; } \
+            >"$TMP/settle.log"
+        ko "ws: restarted relay moved replicas while nodes came back" "$TMP/settle.log"
     fi
     # Nodes keep their identity and fragments in their stores.
     if grep -q "identity" "$TMP/node2-ws.log" && [ "$(ls "$TMP"/node2-ws/*.esf 2>/dev/null | wc -l)" -gt 0 ]; then

@@ -661,6 +661,61 @@ ESS_TEST(dir_surplus_released_least_stable_first) {
     ess_dir_free(&d);
 }
 
+/* After a restart: nodes come back one at a time. While settling, the first one back is
+ * not handed what the others still hold, and nothing is released; the wait ends when every
+ * fragment is at R again, or at its deadline, and placement then goes on as usual. */
+ESS_TEST(dir_settle_after_restart) {
+    ess_dir_config c;
+    ess_dir_config_default(&c);
+    c.replicas = 2;
+    ess_dir d;
+    ess_dir_init(&d, &c, NULL);
+    add_model(&d, MODEL, 3, 3, MB);
+    ess_dir_settle(&d, 1000);
+    ESS_CHECK(ess_dir_settling(&d));
+    uint32_t a = join(&d, 0, 1, 10 * MB, 3600);
+    hold_now(&d, a, 0, 1);
+    hold_now(&d, a, 1, 1);
+    ess_dir_events_clear(&d);
+    ess_dir_tick(&d, 10); /* fragment 2 has no replica, 0 and 1 one: still nothing placed */
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_ASSIGN, ESS_DIR_NONE), 0);
+    ESS_CHECK(ess_dir_settling(&d));
+    uint32_t b = join(&d, 20, 2, 10 * MB, 60), x = join(&d, 20, 3, 10 * MB, 0);
+    for (uint32_t f = 0; f < 3; f++) hold_now(&d, b, f, 21);
+    hold_now(&d, x, 0, 21); /* fragment 0 now has three: a surplus, kept while settling */
+    ess_dir_tick(&d, 30);
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_RELEASE, ESS_DIR_NONE), 0);
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_ASSIGN, ESS_DIR_NONE), 0);
+    ESS_CHECK(ess_dir_settling(&d));
+    /* the last known node is back with fragment 2: all at R, the wait ends early and the
+     * surplus of fragment 0 goes (x: least uptime) */
+    uint32_t y = join(&d, 40, 4, 10 * MB, 600);
+    hold_now(&d, y, 2, 41);
+    ess_dir_tick(&d, 50);
+    ESS_CHECK(!ess_dir_settling(&d));
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_RELEASE, ESS_DIR_NONE), 1);
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_RELEASE, x), 1);
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_ASSIGN, ESS_DIR_NONE), 0);
+    for (uint32_t f = 0; f < 3; f++) ESS_CHECK_EQ_INT(ess_dir_live_replicas(&d, f), 2);
+    ess_dir_free(&d);
+
+    /* a known node never comes back: at the deadline placement re-replicates */
+    ess_dir_init(&d, &c, NULL);
+    add_model(&d, MODEL, 2, 2, MB);
+    ess_dir_settle(&d, 1000);
+    a = join(&d, 0, 1, 10 * MB, 0);
+    b = join(&d, 0, 2, 10 * MB, 0);
+    hold_now(&d, a, 0, 1);
+    hold_now(&d, a, 1, 1);
+    ess_dir_events_clear(&d);
+    ess_dir_tick(&d, 999);
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_ASSIGN, ESS_DIR_NONE), 0);
+    ess_dir_tick(&d, 1000);
+    ESS_CHECK(!ess_dir_settling(&d));
+    ESS_CHECK_EQ_INT(count_events(&d, ESS_DIR_EV_ASSIGN, b), 2);
+    ess_dir_free(&d);
+}
+
 ESS_TEST(dir_bans) {
     ess_banlist b;
     ess_ban_init(&b);
