@@ -52,6 +52,7 @@ struct ess_driver {
     float *xb;      /* (B, n_embd) normed input of a round */
     float *q;       /* (B, n_head*hd_k) */
     float *kk;      /* (B, n_head_kv*hd_k) */
+    float *rope;    /* (B, n_rot) cos/sin of each token's position, made at layer 0 */
     float *vv;      /* (B, n_head_kv*hd_v) */
     float *att;     /* (B, n_head*hd_v) attention output */
     float *xo;      /* (B, n_embd) output of O and of the FFN */
@@ -250,6 +251,7 @@ int ess_driver_init(ess_driver **out, const ess_model *m, const ess_fragplan *pl
     d->xb = xcalloc((size_t)B * E, 4, &oom);
     d->q = xcalloc((size_t)B * nq, 4, &oom);
     d->kk = xcalloc((size_t)B * nk, 4, &oom);
+    d->rope = xcalloc((size_t)B * (m->n_rot > 0 ? m->n_rot : 1), 4, &oom);
     d->vv = xcalloc((size_t)B * nv, 4, &oom);
     d->att = xcalloc((size_t)B * no, 4, &oom);
     d->xo = xcalloc((size_t)B * E, 4, &oom);
@@ -335,7 +337,7 @@ void ess_driver_free(ess_driver *d) {
     if (d->bq)
         for (int l = 0; l < d->m->n_layer; l++) { free(d->bq[l]); free(d->bk[l]); free(d->bv[l]); }
     void *bufs[] = {d->slices, d->t_first, d->t_n, d->attn_norm, d->ffn_norm, d->out_norm, d->bq, d->bk, d->bv,
-                    d->router, d->kcache, d->vcache, d->x, d->xb, d->q, d->kk, d->vv, d->att, d->xo, d->hg,
+                    d->router, d->kcache, d->vcache, d->x, d->xb, d->q, d->kk, d->rope, d->vv, d->att, d->xo, d->hg,
                     d->hu, d->xg, d->yd, d->emb, d->logits, d->scores, d->rl, d->sel, d->selw, d->row_of,
                     d->exp_start, d->exp_count, d->perm, d->erows, d->reqs, d->tok};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
@@ -519,8 +521,10 @@ static int begin_o(ess_driver *d) {
                        d->o.kv_type, m->n_head_kv, m->head_dim_k, m->head_dim_v};
     for (int t = 0; t < d->n_tok; t++) {
         const int pos = d->pos + t;
-        ess_rope(d->q + t * nq, m->n_head, m->head_dim_k, m->n_rot, pos, m->rope_base, m->rope_freq_scale, m->rope_neox);
-        ess_rope(d->kk + t * nk, m->n_head_kv, m->head_dim_k, m->n_rot, pos, m->rope_base, m->rope_freq_scale, m->rope_neox);
+        float *cs = d->rope + (size_t)t * m->n_rot;
+        if (l == 0) ess_rope_angles(cs, m->n_rot, pos, m->rope_base, m->rope_freq_scale);
+        ess_rope(d->q + t * nq, m->n_head, m->head_dim_k, m->n_rot, cs, m->rope_neox);
+        ess_rope(d->kk + t * nk, m->n_head_kv, m->head_dim_k, m->n_rot, cs, m->rope_neox);
         ess_kv_store(&kv, pos, d->kk + t * nk, d->vv + t * nv);
     }
     attn_job j = {d, &kv, 1.0f / sqrtf((float)m->head_dim_k)};

@@ -2,6 +2,8 @@
  * where the order of float operations shows in the logits. */
 #include "ops.h"
 
+#include "libm.h"
+
 #include <math.h>
 #include <string.h>
 
@@ -14,23 +16,30 @@ void ess_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     for (int i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
 }
 
-void ess_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float base, float freq_scale, int neox) {
+void ess_rope_angles(float *cs, int n_rot, int pos, float base, float freq_scale) {
     const float theta_scale = powf(base, -2.0f / (float)n_rot);
     float theta = (float)pos;
-    /* ggml builds a cos/sin cache by repeated multiplication in float; doing the same
+    /* ggml builds its cos/sin cache by repeated multiplication in float; doing the same
      * keeps the last bits identical at long positions. */
     for (int i0 = 0; i0 < n_rot; i0 += 2) {
         const float t = theta * freq_scale;
-        const float c = cosf(t), s = sinf(t);
+        cs[i0] = ess_cosf(t);
+        cs[i0 + 1] = ess_sinf(t);
+        theta *= theta_scale;
+    }
+}
+
+void ess_rope(float *x, int n_head, int head_dim, int n_rot, const float *cs, int neox) {
+    for (int i0 = 0; i0 < n_rot; i0 += 2) {
+        const float c = cs[i0], s = cs[i0 + 1];
         for (int h = 0; h < n_head; h++) {
             float *v = x + (size_t)h * head_dim;
             const int a = neox ? i0 / 2 : i0, b = neox ? i0 / 2 + n_rot / 2 : i0 + 1;
             const float x0 = v[a], x1 = v[b];
             /* as gcc contracted ggml's x0*c - x1*s and x0*s + x1*c: the first product fused */
-            v[a] = fmaf(x0, c, -(x1 * s));
-            v[b] = fmaf(x0, s, x1 * c);
+            v[a] = ess_fmaf(x0, c, -(x1 * s));
+            v[b] = ess_fmaf(x0, s, x1 * c);
         }
-        theta *= theta_scale;
     }
 }
 
@@ -52,14 +61,14 @@ static inline float scalef(float j, float n) {
 float ess_ggml_expf(float x) {
     /* ggml_v_expf, one lane; fmaf wherever the vector code fuses (fnmadd(a,b,c) = c - a*b) */
     const float r = 0x1.8p23f;
-    const float z = fmaf(x, 0x1.715476p+0f, r);
+    const float z = ess_fmaf(x, 0x1.715476p+0f, r);
     const float n = z - r;
     if (n != n) return n;
-    const float b = fmaf(-n, 0x1.7f7d1cp-20f, fmaf(-n, 0x1.62e4p-1f, x));
+    const float b = ess_fmaf(-n, 0x1.7f7d1cp-20f, ess_fmaf(-n, 0x1.62e4p-1f, x));
     if (fabsf(n) > 192.0f) return n <= 0.0f ? 0.0f : INFINITY;
     const float u = b * b;
-    const float j = fmaf(fmaf(fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
-                         fmaf(0x1.ffffecp-1f, b, 1.0f));
+    const float j = ess_fmaf(ess_fmaf(ess_fmaf(0x1.0e4020p-7f, b, 0x1.573e2ep-5f), u, ess_fmaf(0x1.555e66p-3f, b, 0x1.fffdb6p-2f)), u,
+                         ess_fmaf(0x1.ffffecp-1f, b, 1.0f));
     return scalef(j, n);
 }
 
@@ -141,7 +150,7 @@ float ess_dot_f32(const float *x, const float *y, int n, ess_isa isa) {
     if (np) {
         float acc[64] = {0};
         for (int i = 0; i < np; i += 64)
-            for (int l = 0; l < 64; l++) acc[l] = fmaf(x[i + l], y[i + l], acc[l]);
+            for (int l = 0; l < 64; l++) acc[l] = ess_fmaf(x[i + l], y[i + l], acc[l]);
         s = sum_lanes(acc, 64);
     }
     (void)isa;
@@ -149,7 +158,7 @@ float ess_dot_f32(const float *x, const float *y, int n, ess_isa isa) {
      * (products rounded, then added in order) and fused the last n % 8 */
     const int nf = n - (n - np) % 8;
     for (int i = np; i < nf; i++) s += x[i] * y[i];
-    for (int i = nf; i < n; i++) s = fmaf(x[i], y[i], s);
+    for (int i = nf; i < n; i++) s = ess_fmaf(x[i], y[i], s);
     return s;
 }
 
@@ -171,7 +180,7 @@ float ess_dot_f32_mm(const float *x, const float *y, int n, int n_tok, int rows,
     if (n_tok < 2 || n % 16 || rows % 4) return ess_dot_f32(x, y, n, isa);
     float acc[16] = {0};
     for (int i = 0; i < n; i += 16)
-        for (int l = 0; l < 16; l++) acc[l] = fmaf(x[i + l], y[i + l], acc[l]);
+        for (int l = 0; l < 16; l++) acc[l] = ess_fmaf(x[i + l], y[i + l], acc[l]);
     return sum_lanes(acc, 16);
 }
 
@@ -207,7 +216,7 @@ static void pv_lanes(float *o, const float *a, const float *v, size_t stride, in
     (void)isa;
     for (int d = d0; d < n; d++) {
         float acc[64] = {0};
-        for (int p = lo; p <= pos; p++) acc[p & (lanes - 1)] = fmaf(a[p - lo], v[(size_t)p * stride + d], acc[p & (lanes - 1)]);
+        for (int p = lo; p <= pos; p++) acc[p & (lanes - 1)] = ess_fmaf(a[p - lo], v[(size_t)p * stride + d], acc[p & (lanes - 1)]);
         o[d] = sum_lanes(acc, lanes);
     }
 }

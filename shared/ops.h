@@ -19,10 +19,16 @@
 /* out[i] = x[i] / sqrt(mean(x^2) + eps) * w[i]; out may alias x. */
 void ess_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 
+/* The rotation of position pos: cs[2i] = cos(theta_i), cs[2i+1] = sin(theta_i) for
+ * theta_i = pos * freq_scale * base^(-2i/n_rot), i < n_rot/2, as ggml's rope cache
+ * (libm's sinf/cosf natively, glibc's arithmetic in wasm: libm.h). The same for every
+ * layer and for Q and K: the driver computes it once per token. */
+void ess_rope_angles(float *cs, int n_rot, int pos, float base, float freq_scale);
+
 /* Rotates the first n_rot dims of each of n_head heads of x (n_head x head_dim) in place
- * for position pos: theta_i = pos * freq_scale * base^(-2i/n_rot). neox = 0 rotates pairs
- * (2i, 2i+1) (ggml "normal", llama); neox = 1 rotates (i, i + n_rot/2) (qwen2). */
-void ess_rope(float *x, int n_head, int head_dim, int n_rot, int pos, float base, float freq_scale, int neox);
+ * by the angles cs of ess_rope_angles. neox = 0 rotates pairs (2i, 2i+1) (ggml "normal",
+ * llama); neox = 1 rotates (i, i + n_rot/2) (qwen2). */
+void ess_rope(float *x, int n_head, int head_dim, int n_rot, const float *cs, int neox);
 
 /* One lane of ggml_v_expf (AVX-512 variant; Arm's polynomial, within 1.5 ulp of expf):
  * what llama.cpp's softmax and SiLU compute for elements in full groups of 16. */

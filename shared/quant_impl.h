@@ -80,7 +80,7 @@ void ess_gemv4_q4_0_q8_0_rp_simd128(int n, float *s, const void *w, size_t wrow,
 #if defined(__wasm_simd128__)
 #include <wasm_simd128.h>
 
-float ess_fma_f32_exact(double p, float c); /* RN32(p + c), p an exact product of two f32 */
+#include "libm.h" /* ess_fma_f32_exact: RN32(p + c), p an exact product of two f32 */
 
 v128_t ess_fma4_slow_simd128(v128_t acc, v128_t p01, v128_t p23);
 

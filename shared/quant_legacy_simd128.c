@@ -28,22 +28,6 @@
 
 /* ---------------------------------------------------------------- exact fma */
 
-float ess_fma_f32_exact(double p, float c) {
-    const double s = p + c;
-    if (s - s != 0) return (float)s; /* Inf or NaN: nothing to round */
-    /* TwoSum: s + e is p + c exactly */
-    const double bb = s - p, e = (p - (s - bb)) + ((double)c - bb);
-    uint64_t u;
-    memcpy(&u, &s, sizeof u);
-    /* round to odd: an inexact s with an even last bit moves one ulp towards the exact
-     * value (s is never 0 here: exact operands cancel exactly). 53 bits rounded to odd
-     * then to 24 give the correctly rounded f32, also when that is subnormal. */
-    if (e != 0 && !(u & 1)) u += (e > 0) == (s > 0) ? 1 : (uint64_t)-1;
-    double r;
-    memcpy(&r, &u, sizeof r);
-    return (float)r;
-}
-
 v128_t ess_fma4_slow_simd128(v128_t acc, v128_t p01, v128_t p23) {
     return wasm_f32x4_make(ess_fma_f32_exact(wasm_f64x2_extract_lane(p01, 0), wasm_f32x4_extract_lane(acc, 0)),
                            ess_fma_f32_exact(wasm_f64x2_extract_lane(p01, 1), wasm_f32x4_extract_lane(acc, 1)),

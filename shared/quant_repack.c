@@ -18,6 +18,7 @@
  *
  * These are the references the _avx2 variants (quant_repack_avx2.c) are tested against.
  * Does not: allocate, keep state, decide which tensors are repacked (matmul.c does). */
+#include "libm.h"
 #include "quant_impl.h"
 
 /* the 6-bit scale and min of sub-block j of a Q4_K block */
@@ -41,7 +42,7 @@ void ess_vec_dot_q4_0_q8_0_rp(int n, float *s, const void *vw, const void *va) {
             isum += ((w[i].qs[l] & 0xF) - 8) * a[i].qs[l];
             isum += ((w[i].qs[l] >> 4) - 8) * a[i].qs[l + ESS_QK4_0 / 2];
         }
-        acc = fmaf((float)isum, ess_fp16_to_fp32(w[i].d) * ess_fp16_to_fp32(a[i].d), acc);
+        acc = ess_fmaf((float)isum, ess_fp16_to_fp32(w[i].d) * ess_fp16_to_fp32(a[i].d), acc);
     }
     *s = acc;
 }
@@ -62,8 +63,8 @@ static void dot_q4_K_grouped(int n, float *s, const void *vw, const void *va, in
             isum += sc * dot;
             imin += m * (y[i].bsums[2 * j] + y[i].bsums[2 * j + 1]);
             if ((32 * (j + 1)) % group == 0) {
-                acc = fmaf((float)isum, dd, acc);
-                accm = fmaf((float)imin, dm, accm);
+                acc = ess_fmaf((float)isum, dd, acc);
+                accm = ess_fmaf((float)imin, dm, accm);
                 isum = imin = 0;
             }
         }
@@ -88,8 +89,8 @@ static void dot_q2_K_grouped(int n, float *s, const void *vw, const void *va, in
             isum += (x[i].scales[j] & 0xF) * dot;
             imin += (x[i].scales[j] >> 4) * y[i].bsums[j];
             if ((16 * (j + 1)) % group == 0) {
-                acc = fmaf((float)isum, dd, acc);
-                accm = fmaf((float)imin, dm, accm);
+                acc = ess_fmaf((float)isum, dd, acc);
+                accm = ess_fmaf((float)imin, dm, accm);
                 isum = imin = 0;
             }
         }

@@ -10,6 +10,7 @@
 #include "gguf.h"
 #include "matmul.h"
 #include "model.h"
+#include "libm.h"
 #include "ops.h"
 #include "quant.h"
 #include "quant_impl.h"
@@ -37,12 +38,15 @@ ESS_TEST(rmsnorm_matches_naive) {
 ESS_TEST(rope_normal_and_neox_match_naive) {
     ess_rng r;
     ess_rng_seed(&r, 2);
-    const int H = 3, D = 8, NR = 6, pos = 37;
+    enum { NR = 6 };
+    const int H = 3, D = 8, pos = 37;
     for (int neox = 0; neox < 2; neox++) {
         float x[24], y[24];
         fill(&r, x, 24, 1.0f);
         memcpy(y, x, sizeof x);
-        ess_rope(y, H, D, NR, pos, 10000.0f, 1.0f, neox);
+        float cs[NR];
+        ess_rope_angles(cs, NR, pos, 10000.0f, 1.0f);
+        ess_rope(y, H, D, NR, cs, neox);
         for (int h = 0; h < H; h++)
             for (int i = 0; i < NR / 2; i++) {
                 double th = pos * pow(10000.0, -2.0 * i / NR);
@@ -53,6 +57,55 @@ ESS_TEST(rope_normal_and_neox_match_naive) {
             }
         for (int h = 0; h < H; h++) /* dims past n_rot are left alone */
             for (int i = NR; i < D; i++) ESS_CHECK_EQ_INT(y[h * D + i] == x[h * D + i], 1);
+    }
+}
+
+/* The wasm build's sinf/cosf (libm.c) must give glibc's bits: here, natively, they are
+ * held to this machine's libm over a stride through every float of both signs (large
+ * arguments exercise the 2/pi table bit by bit). glibc picks its FMA build on AVX2
+ * machines, which is what libm.c mirrors; elsewhere there is nothing to compare with. */
+ESS_TEST(glibc_sinf_cosf_equal_libm) {
+#if defined(__GLIBC__) && defined(__x86_64__)
+    if (!__builtin_cpu_supports("fma")) {
+        fprintf(stderr, "    skipped: libm is not glibc's FMA build on this CPU\n");
+        return;
+    }
+    uint64_t n = 0;
+    for (uint64_t u = 0; u < 0x80000000u; u += 211)
+        for (uint32_t sign = 0; sign < 2; sign++, n++) {
+            const uint32_t b = (uint32_t)u | sign << 31;
+            float x;
+            memcpy(&x, &b, 4);
+            const float s = sinf(x), gs = ess_glibc_sinf(x), c = cosf(x), gc = ess_glibc_cosf(x);
+            if (isnan(x)) {
+                ESS_CHECK(isnan(gs) && isnan(gc));
+                continue;
+            }
+            ESS_CHECK_MSG(!memcmp(&s, &gs, 4), "sinf(%a): libm %a, libm.c %a", (double)x, (double)s, (double)gs);
+            ESS_CHECK_MSG(!memcmp(&c, &gc, 4), "cosf(%a): libm %a, libm.c %a", (double)x, (double)c, (double)gc);
+        }
+    fprintf(stderr, "    %llu arguments, sinf and cosf equal\n", (unsigned long long)n);
+#else
+    fprintf(stderr, "    skipped: libm is not glibc on x86-64 here\n");
+#endif
+}
+
+/* ess_fmaf rounds once, as fmaf: random triples over wide exponents and products whose
+ * f64 sum lands on an f32 midpoint. */
+ESS_TEST(fma_f32_exact_rounds_once) {
+    ess_rng r;
+    ess_rng_seed(&r, 7);
+    for (int i = 0; i < 200000; i++) {
+        const float a = ldexpf(ess_rng_f32(&r) - 0.5f, (int)ess_rng_below(&r, 60) - 30);
+        const float b = ldexpf(ess_rng_f32(&r) - 0.5f, (int)ess_rng_below(&r, 60) - 30);
+        const float c = ldexpf(ess_rng_f32(&r) - 0.5f, (int)ess_rng_below(&r, 80) - 40);
+        const float want = fmaf(a, b, c), got = ess_fma_f32_exact((double)a * b, c);
+        ESS_CHECK(memcmp(&want, &got, 4) == 0);
+    }
+    for (int k = 0; k < 64; k++) { /* 1 + ulp/2 + tiny: rounding twice would tie to even */
+        const float a = 1.0f + 0x1p-23f, b = (1.0f - 0x1p-23f) * 0x1p-24f, c = 1.0f + (float)(2 * k) * 0x1p-23f;
+        const float want = fmaf(a, b, c), got = ess_fma_f32_exact((double)a * b, c);
+        ESS_CHECK(memcmp(&want, &got, 4) == 0);
     }
 }
 
@@ -573,10 +626,11 @@ static void naive_forward(const tiny *t, const int32_t *tok, int n, double *logi
                 for (int i = 0; i < FF_; i++) h[i] = h[i] / (1 + exp(-h[i])) * u[i];
                 mv(o, W("ffn_down.weight"), h, E_, FF_);
             } else {
-                double rl[NX_], mx = -1e300, sum = 0;
+                double rl[NX_], mx = -1e300;
                 mv(rl, W("ffn_gate_inp.weight"), xb, NX_, E_);
                 for (int e = 0; e < NX_; e++) if (rl[e] > mx) mx = rl[e];
-                for (int e = 0; e < NX_; e++) sum += (rl[e] = exp(rl[e] - mx));
+                /* softmax numerators: the two chosen are renormalised by their own sum */
+                for (int e = 0; e < NX_; e++) rl[e] = exp(rl[e] - mx);
                 int s0 = 0, s1 = -1;
                 for (int e = 1; e < NX_; e++) if (rl[e] > rl[s0]) s0 = e;
                 for (int e = 0; e < NX_; e++) if (e != s0 && (s1 < 0 || rl[e] > rl[s1])) s1 = e;

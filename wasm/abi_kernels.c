@@ -4,6 +4,7 @@
  * JS owns nothing but numbers: it allocates in wasm memory with ess_alloc, fills buffers
  * through a view of `memory.buffer`, and passes pointers. A kernels table is created once
  * per instance (ess_kernels_new) and passed back in, so the core keeps no globals. */
+#include "libm.h"
 #include "matmul.h"
 #include "quant.h"
 #include "quant_impl.h"
@@ -79,12 +80,20 @@ EXPORT("ess_matmul_quantize") int abi_matmul_quantize(const ess_kernels *k, uint
     return 0;
 }
 
-/* fma(x, y, z) rounded once: the kernels' emulation (which = 0) and wasi-libc's fmaf
- * (which = 1, what the scalar mirrors in ops.c and quant_repack.c call), for the test
- * that holds both against x86's vfmadd. */
+/* fma(x, y, z) rounded once: ess_fmaf (which = 0: the emulation the kernels and the
+ * scalar mirrors use) and wasi-libc's fmaf (which = 1), for the test that holds both
+ * against x86's vfmadd. */
 EXPORT("ess_fma_f32") float abi_fma_f32(int which, float x, float y, float z) {
-#if defined(__wasm_simd128__)
-    if (!which) return ess_fma_f32_exact((double)x * (double)y, z);
-#endif
-    return fmaf(x, y, z);
+    return which ? fmaf(x, y, z) : ess_fmaf(x, y, z);
+}
+
+/* sinf (fn 0) and cosf (fn 1) as the driver's RoPE computes them here (libm.h: glibc's
+ * arithmetic), and wasi-libc's own (fn 2, 3), for the test against a native peer. */
+EXPORT("ess_libm_f32") float abi_libm_f32(int fn, float x) {
+    switch (fn) {
+    case 0: return ess_sinf(x);
+    case 1: return ess_cosf(x);
+    case 2: return sinf(x);
+    default: return cosf(x);
+    }
 }

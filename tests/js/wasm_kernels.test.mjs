@@ -187,7 +187,43 @@ test('the kernels\' FMA emulation rounds as x86 fmaf', fmaCheck(0));
 // Debian's wasi-libc (2022-05) computes fmaf as one f64 sum rounded to f32: wrong on the
 // midpoint cases, so ops.c's scalar chains in wasm can differ from x86 there (rarely: about
 // 2^-28 per operation on random data). Reported, not this file's to fix.
-test('wasi-libc fmaf rounds as x86 fmaf', { todo: 'double rounding on f32 midpoints' }, fmaCheck(1));
+test('wasi-libc fmaf rounds as x86 fmaf', { todo: 'double rounding on f32 midpoints (ess_fmaf is used instead)' }, fmaCheck(1));
+
+// RoPE's sinf/cosf in a wasm asker (shared/libm.c) against the native build's libm (glibc):
+// every angle RoPE makes for positions 0..4095 at two bases and 128 dimensions, and random
+// floats over every magnitude (large arguments take the 2/pi table). wasi-libc's own
+// differ on about 1.3% of them, which is why libm.c exists.
+test('RoPE sinf/cosf give the native libm\'s bits', () => {
+  const xs = [];
+  for (const base of [10000, 1000000]) {
+    const scale = Math.fround(Math.pow(base, -2 / 128));
+    for (let pos = 0; pos < 4096; pos += 3) {
+      let th = Math.fround(pos);
+      for (let i = 0; i < 64; i++, th = Math.fround(th * scale)) xs.push(th);
+    }
+  }
+  const u = new Uint32Array(1), f = new Float32Array(u.buffer);
+  let seed = 12345;
+  for (let i = 0; i < 100000; i++) {
+    seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0;
+    u[0] = seed & 0xff7fffff;  // no NaN or Inf
+    xs.push(f[0]);
+  }
+  const x = Float32Array.from(xs), xf = join(dir, 'angles.f32');
+  writeFileSync(xf, Buffer.from(x.buffer));
+  const nat = new Float32Array(Buffer.from(execFileSync(probe, ['sincos', xf], { maxBuffer: 64 << 20 }).toString().trim(), 'hex').buffer);
+  for (const [fn, label] of [[0, 'libm.c'], [2, 'wasi-libc']]) {
+    let bad = 0, first = '';
+    for (let i = 0; i < x.length; i++) {
+      const s = X.ess_libm_f32(fn, x[i]), c = X.ess_libm_f32(fn + 1, x[i]);
+      if (!Object.is(s, nat[2 * i]) || !Object.is(c, nat[2 * i + 1])) {
+        if (!bad++) first = `x = ${x[i]}: sin ${s} / ${nat[2 * i]}, cos ${c} / ${nat[2 * i + 1]}`;
+      }
+    }
+    if (fn === 0) assert.equal(bad, 0, `${label}: ${bad} of ${x.length} differ, first ${first}`);
+    else assert.ok(bad > 0, 'wasi-libc now agrees with glibc: libm.c could go');
+  }
+});
 
 // Every bit pattern of the weights, not only what the quantizers write: random weight bytes
 // (scales set to 1 so that no block is Inf/NaN) and activations saturating +-127, SIMD128

@@ -16,7 +16,10 @@
  *     carries them): hex of the NTOK x NROWS floats on one line.
  *   kernel_probe fma T.f32
  *     fmaf(x, y, z) of each triple of floats in T.f32 (glibc: correctly rounded), as hex
- *     of the result floats on one line. */
+ *     of the result floats on one line.
+ *   kernel_probe sincos X.f32
+ *     libm's sinf(x) and cosf(x) of each float in X.f32, as hex of the pairs on one line:
+ *     what the native engine's RoPE computes. */
 #include "matmul.h"
 #include "quant.h"
 #include "sha256.h"
@@ -126,18 +129,26 @@ static int probe_raw(char **argv) {
     return 0;
 }
 
-static int probe_fma(const char *path) {
+/* All the floats of the file at path (*n of them), or NULL with a message. */
+static float *read_all_f32(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
-    if (!f || fseek(f, 0, SEEK_END)) {
+    long len = -1;
+    if (f && !fseek(f, 0, SEEK_END)) len = ftell(f);
+    if (f) fclose(f);
+    if (len < 0) {
         fprintf(stderr, "kernel_probe: cannot read %s\n", path);
-        return 2;
+        return NULL;
     }
-    const long len = ftell(f);
-    fclose(f);
-    const size_t n = (size_t)len / 12;
-    float *t = read_f32(path, 3 * n);
-    for (size_t i = 0; i < n; i++) {
-        const float r = fmaf(t[3 * i], t[3 * i + 1], t[3 * i + 2]);
+    *n = (size_t)len / 4;
+    return read_f32(path, *n);
+}
+
+static int probe_fma(const char *path) {
+    size_t n;
+    float *t = read_all_f32(path, &n);
+    if (!t) return 2;
+    for (size_t i = 0; i + 3 <= n; i += 3) {
+        const float r = fmaf(t[i], t[i + 1], t[i + 2]);
         print_hex(&r, sizeof r);
     }
     printf("\n");
@@ -145,12 +156,26 @@ static int probe_fma(const char *path) {
     return 0;
 }
 
+static int probe_sincos(const char *path) {
+    size_t n;
+    float *x = read_all_f32(path, &n);
+    if (!x) return 2;
+    for (size_t i = 0; i < n; i++) {
+        const float r[2] = {sinf(x[i]), cosf(x[i])};
+        print_hex(r, sizeof r);
+    }
+    printf("\n");
+    free(x);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc >= 2 && !strcmp(argv[1], "matmul")) return probe_matmul(argc, argv);
     if (argc == 3 && !strcmp(argv[1], "fma")) return probe_fma(argv[2]);
+    if (argc == 3 && !strcmp(argv[1], "sincos")) return probe_sincos(argv[2]);
     if (argc == 9 && !strcmp(argv[1], "raw")) return probe_raw(argv);
     if (argc != 5) {
-        fprintf(stderr, "usage: kernel_probe TYPE N W.f32 A.f32 | matmul ... | fma T.f32\n");
+        fprintf(stderr, "usage: kernel_probe TYPE N W.f32 A.f32 | matmul ... | fma T.f32 | sincos X.f32\n");
         return 2;
     }
     uint32_t type = (uint32_t)atoi(argv[1]);
