@@ -23,20 +23,24 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { canBrowse, launchBrowser, relayBin, essaimBin, webDir, wasmPath, models, artifacts } from './browser_util.mjs';
 
-const modelPath = join(models, 'stories260K-pad256-Q4_K_M.gguf');
+// A trained model from ../shared/models, else a random-weight one of the same size that the
+// project synthesizes (the chat page's wasm driver gives the native engine's bits on both).
+const sharedModel = join(models, 'stories260K-pad256-Q4_K_M.gguf');
+const SYNTH = ['synth', '--preset', 'tinyllama-1.1b', '--type', 'Q4_K_M', '--layers', '3', '--embd', '256', '--heads', '8',
+               '--kv-heads', '4', '--ff', '512', '--vocab-size', '768', '--seed', '5'];
 const N = 24;                         // tokens to generate
 const PROMPT = 'Once upon a time';
 const PAGES = 4;
 const skip = !canBrowse() ? 'playwright-core (tests/web: npm ci) or /usr/bin/chromium missing'
   : !relayBin ? 'essaim-relay not built (build/essaim-relay)'
   : !essaimBin ? 'essaim not built (build/essaim)'
-  : !existsSync(wasmPath) ? `no wasm core at ${wasmPath} (make -f Makefile.emscripten-free)`
-  : !existsSync(modelPath) ? 'no test models' : false;
+  : !existsSync(wasmPath) ? `no wasm core at ${wasmPath} (make -f Makefile.emscripten-free)` : false;
 // Native nodes join when this build has them.
 const natives = !skip && /^\s+node\s/m.test(spawnSync(essaimBin, ['--help'], { encoding: 'utf8' }).stdout ?? '') ? 2 : 0;
 
 const BUDGET = natives ? 512 << 10 : 800 << 10;   // bytes each node lends
 const tmp = mkdtempSync(join(tmpdir(), 'essaim-brelay-'));
+const modelPath = existsSync(sharedModel) ? sharedModel : join(tmp, 'synth-Q4_K_M.gguf');
 let base, br;
 const procs = [];
 const contributors = [];              // {ctx, page}
@@ -82,6 +86,7 @@ async function contributor() {
 before(async () => {
   if (skip) return;
   const frags = join(tmp, 'frags'), store = join(tmp, 'store'), web = join(tmp, 'web');
+  if (modelPath !== sharedModel) execFileSync(essaimBin, [...SYNTH, '-o', modelPath], { stdio: 'ignore' });
   execFileSync(essaimBin, ['fragment', modelPath, '-o', frags, '--max-size', '64K'], { stdio: 'ignore' });
   execFileSync(relayBin, ['--store', store, '--add-model', frags], { stdio: 'ignore' });
   cpSync(webDir, web, { recursive: true });
