@@ -23,7 +23,7 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: essaim synth -o FILE.gguf --type TYPE [--preset NAME] [--seed S] [--vocab VOCAB.gguf]\n"
-            "                    [shape flags] [--tied] [--name TEXT] [--threads N]\n\n"
+            "                    [shape flags] [--tied] [--rope-freqs] [--name TEXT] [--threads N]\n\n"
             "Writes a llama- or qwen2-architecture GGUF with seeded random weights that llama.cpp loads.\n"
             "Same flags and seed -> the same bytes.\n\n"
             "  --preset NAME     tinyllama-1.1b, mistral-7b, mistral-small-24b (vocab 32768 unless\n"
@@ -41,6 +41,7 @@ static void usage(FILE *f) {
             "                    --sliding-window N (attention.sliding_window; 0: none)\n"
             "  --arch A          llama (default) or qwen2 (adds F32 q/k/v biases; dense only)\n"
             "  --tied            no output.weight (the LM head reuses token_embd)\n"
+            "  --rope-freqs      a rope_freqs.weight tensor of frequency factors (Llama 3.1+ rope scaling)\n"
             "  --name TEXT       general.name\n"
             "  --threads N       generate with N threads (default 1; output identical)\n");
 }
@@ -75,7 +76,7 @@ static int write_zeros(int fd, uint64_t n) {
 int ess_cmd_synth(int argc, char **argv) {
     const char *out = NULL, *preset = NULL, *type = NULL, *vocab_path = NULL, *name = NULL;
     uint64_t seed = 1;
-    int tied = 0, n_threads = 1, arch = ESS_SYNTH_ARCH_LLAMA;
+    int tied = 0, rope_freqs = 0, n_threads = 1, arch = ESS_SYNTH_ARCH_LLAMA;
     ess_synth_shape shape = {.n_ctx = 2048, .rope_base = 10000.0f, .rms_eps = 1e-5f, .n_vocab = 32000};
     /* Shape flags are applied after the preset, whatever their order on the line. */
     struct { const char *flag; uint32_t *u; float *f; const char *val; } sf[] = {
@@ -94,6 +95,7 @@ int ess_cmd_synth(int argc, char **argv) {
         size_t k;
         if (!strcmp(a, "-h") || !strcmp(a, "--help")) { usage(stdout); return 0; }
         if (!strcmp(a, "--tied")) { tied = 1; continue; }
+        if (!strcmp(a, "--rope-freqs")) { rope_freqs = 1; continue; }
         static const char *const takes_value[] = {"-o", "--output", "--preset", "--type", "--vocab",
                                                   "--name", "--seed", "--threads", "--arch"};
         for (k = 0; k < n_sf && strcmp(a, sf[k].flag); k++) {}
@@ -141,6 +143,7 @@ int ess_cmd_synth(int argc, char **argv) {
     if (preset) snprintf(shape.name, sizeof shape.name, "synthetic %s", preset);
     if (name) snprintf(shape.name, sizeof shape.name, "%s", name);
     shape.tied = tied;
+    shape.rope_freqs = rope_freqs;
     shape.arch = (uint32_t)arch; /* after the preset, which would reset it */
 
     const ess_synth_ftype *ft = ess_synth_ftype_find(type);

@@ -733,18 +733,11 @@ int ess_remote_engine_open(ess_engine *en, ess_remote *r, const char *model, con
     r->plan = &s->plan;
     if (ess_model_init(&en->model, &s->g, &e)) { snprintf(err, errlen, "%s: %s", model, e.msg); goto out; }
 
-    /* 2. The fragments holding what the driver keeps: norms, biases, routers. */
-    const ess_model *md = &en->model;
+    /* 2. The fragments holding what the driver keeps: norms, biases, routers, rope factors. */
     const uint32_t nt = (uint32_t)s->g.n_tensors;
     uint8_t *small = calloc(nt + 1, 1);
     if (!small) { snprintf(err, errlen, "out of memory"); goto out; }
-#define MARK(t) do { if ((t) >= 0 && (uint32_t)(t) < nt) small[t] = 1; } while (0)
-    MARK(md->output_norm);
-    for (int l = 0; l < md->n_layer; l++) {
-        const ess_layer_tensors *lt = &md->layers[l];
-        MARK(lt->attn_norm); MARK(lt->ffn_norm); MARK(lt->bq); MARK(lt->bk); MARK(lt->bv); MARK(lt->gate_inp);
-    }
-#undef MARK
+    ess_model_mark_small(&en->model, small);
     s->frag_data = calloc(s->plan.n_frags + 1, sizeof *s->frag_data);
     if (!s->frag_data) { free(small); snprintf(err, errlen, "out of memory"); goto out; }
     for (uint32_t i = 0; i < s->plan.n_frags; i++) {
@@ -773,6 +766,7 @@ int ess_remote_engine_open(ess_engine *en, ess_remote *r, const char *model, con
 
     ess_kernels_init(&en->k, ess_cpu_isa());
     ess_driver_opts dopt = *o;
+    const ess_model *md = &en->model;
     if (!dopt.n_ctx) dopt.n_ctx = md->n_ctx_train < ESS_DEFAULT_MAX_CTX ? md->n_ctx_train : ESS_DEFAULT_MAX_CTX;
     if (ess_driver_init(&en->d, &en->model, &s->plan, s->frag_data, &en->k, &dopt, &e)) {
         snprintf(err, errlen, "%s: %s", model, e.msg);

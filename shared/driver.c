@@ -41,6 +41,7 @@ struct ess_driver {
     /* small tensors, F32 copies (the asker holds these) */
     float *attn_norm, *ffn_norm;  /* (n_layer, n_embd) */
     float *out_norm;              /* (n_embd) */
+    float *rope_ff;               /* (n_rot/2) rope frequency factors, NULL when the model has none */
     float **bq, **bk, **bv;       /* per layer (nq) (nk) (nv), NULL when absent */
     float *router;                /* (n_layer, n_expert, n_embd), MoE only */
 
@@ -308,6 +309,10 @@ int ess_driver_init(ess_driver **out, const ess_model *m, const ess_fragplan *pl
 
     /* the small tensors */
     if ((rc = copy_small(d, m->output_norm, d->out_norm))) { ess_fail(e, rc, "%s", d->err.msg); goto bad; }
+    if (m->rope_freqs >= 0) {
+        if (!(d->rope_ff = calloc((size_t)m->n_rot / 2 + 1, 4))) { rc = ess_fail(e, ESS_ENOMEM, "driver: out of memory"); goto bad; }
+        if ((rc = copy_small(d, m->rope_freqs, d->rope_ff))) { ess_fail(e, rc, "%s", d->err.msg); goto bad; }
+    }
     for (int l = 0; l < L; l++) {
         const ess_layer_tensors *lt = &m->layers[l];
         if ((rc = copy_small(d, lt->attn_norm, d->attn_norm + (size_t)l * E)) ||
@@ -336,7 +341,7 @@ void ess_driver_free(ess_driver *d) {
     if (!d) return;
     if (d->bq)
         for (int l = 0; l < d->m->n_layer; l++) { free(d->bq[l]); free(d->bk[l]); free(d->bv[l]); }
-    void *bufs[] = {d->slices, d->t_first, d->t_n, d->attn_norm, d->ffn_norm, d->out_norm, d->bq, d->bk, d->bv,
+    void *bufs[] = {d->slices, d->t_first, d->t_n, d->attn_norm, d->ffn_norm, d->out_norm, d->rope_ff, d->bq, d->bk, d->bv,
                     d->router, d->kcache, d->vcache, d->x, d->xb, d->q, d->kk, d->rope, d->vv, d->att, d->xo, d->hg,
                     d->hu, d->xg, d->yd, d->emb, d->logits, d->scores, d->rl, d->sel, d->selw, d->row_of,
                     d->exp_start, d->exp_count, d->perm, d->erows, d->reqs, d->tok};
@@ -522,7 +527,7 @@ static int begin_o(ess_driver *d) {
     for (int t = 0; t < d->n_tok; t++) {
         const int pos = d->pos + t;
         float *cs = d->rope + (size_t)t * m->n_rot;
-        if (l == 0) ess_rope_angles(cs, m->n_rot, pos, m->rope_base, m->rope_freq_scale);
+        if (l == 0) ess_rope_angles(cs, m->n_rot, pos, m->rope_base, m->rope_freq_scale, d->rope_ff);
         ess_rope(d->q + t * nq, m->n_head, m->head_dim_k, m->n_rot, cs, m->rope_neox);
         ess_rope(d->kk + t * nk, m->n_head_kv, m->head_dim_k, m->n_rot, cs, m->rope_neox);
         ess_kv_store(&kv, pos, d->kk + t * nk, d->vv + t * nv);

@@ -127,8 +127,9 @@ int ess_model_init(ess_model *m, ess_gguf *g, ess_err *e) {
     if ((rc = ess_gguf_get_arch_f32(g, "attention.layer_norm_rms_epsilon", &m->norm_eps)) && rc != ESS_ENOTFOUND)
         return ess_fail(e, rc, "model: attention.layer_norm_rms_epsilon: %s", g->err.msg);
 
-    /* Rope scaling: linear is a plain frequency scale; yarn and llama3 frequency factors
-     * change the rotation and are not implemented, so refuse rather than answer wrongly. */
+    /* Rope scaling: linear is a plain frequency scale; llama3's comes as a tensor of
+     * frequency factors (below); yarn changes the rotation otherwise and is not
+     * implemented, so refuse rather than answer wrongly. */
     char key[96];
     ess_str stype;
     snprintf(key, sizeof key, "%s.rope.scaling.type", m->arch_name);
@@ -141,8 +142,6 @@ int ess_model_init(ess_model *m, ess_gguf *g, ess_err *e) {
                             (int)(stype.n < 32 ? stype.n : 32), stype.p);
         }
     }
-    if (find(g, "rope_freqs.weight") >= 0)
-        return ess_fail(e, ESS_EUNSUP, "model: tensor rope_freqs.weight (llama3 rope frequency factors) is not supported");
 
     m->tok_embd = find(g, "token_embd.weight");
     m->output_norm = find(g, "output_norm.weight");
@@ -156,6 +155,10 @@ int ess_model_init(ess_model *m, ess_gguf *g, ess_err *e) {
         (rc = check_tensor(m, m->output_norm, "output_norm.weight", -1, 1, n_embd, 1, 1, 0, e)) ||
         (rc = check_tensor(m, m->output, m->output == m->tok_embd ? "token_embd.weight (tied output)" : "output.weight",
                            -1, 2, n_embd, n_vocab, 1, 1, e)))
+        return rc;
+    /* Llama 3.1+: theta_i is divided by factor i (llama.cpp's rope_freqs, one for all layers) */
+    m->rope_freqs = find(g, "rope_freqs.weight");
+    if (m->rope_freqs >= 0 && (rc = check_tensor(m, m->rope_freqs, "rope_freqs.weight", -1, 1, n_rot / 2, 1, 1, 0, e)))
         return rc;
 
     m->layers = calloc(n_layer, sizeof *m->layers);
@@ -218,6 +221,23 @@ int ess_model_init(ess_model *m, ess_gguf *g, ess_err *e) {
         }
     }
     return 0;
+}
+
+void ess_model_mark_small(const ess_model *m, uint8_t *mask) {
+    const int32_t nt = (int32_t)m->g->n_tensors;
+#define MARK(t) do { if ((t) >= 0 && (t) < nt) mask[t] = 1; } while (0)
+    MARK(m->output_norm);
+    MARK(m->rope_freqs);
+    for (int l = 0; l < m->n_layer; l++) {
+        const ess_layer_tensors *lt = &m->layers[l];
+        MARK(lt->attn_norm);
+        MARK(lt->ffn_norm);
+        MARK(lt->bq);
+        MARK(lt->bk);
+        MARK(lt->bv);
+        MARK(lt->gate_inp);
+    }
+#undef MARK
 }
 
 void ess_model_free(ess_model *m) {

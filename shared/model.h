@@ -7,8 +7,9 @@
  * header fragments parse fine), allocate anything but the per-layer table, or run the
  * model (driver.h does).
  *
- * Supported: "llama" (Llama 1/2/3, TinyLlama, Mistral, Mixtral-style MoE with
- * ffn_*_exps, tied or separate output), "qwen2" (q/k/v biases, NEOX rope). Anything else
+ * Supported: "llama" (Llama 1/2/3, Llama 3.1+ rope frequency factors, TinyLlama, Mistral,
+ * Mixtral-style MoE with ffn_*_exps, tied or separate output), "qwen2" (q/k/v biases,
+ * NEOX rope). Anything else
  * is refused with a message naming the architecture, tensor or type.
  *
  * Ownership: the model borrows the ess_gguf (which must outlive it) and owns `layers`. */
@@ -48,6 +49,7 @@ typedef struct {
     int32_t tok_embd;           /* (n_vocab, n_embd) */
     int32_t output_norm;        /* (n_embd) */
     int32_t output;             /* (n_vocab, n_embd): output.weight, or tok_embd when tied */
+    int32_t rope_freqs;         /* (n_rot/2) rope_freqs.weight: Llama 3.1+ frequency factors, or -1 */
     ess_layer_tensors *layers;  /* n_layer, owned */
     const ess_gguf *g;          /* borrowed */
 } ess_model;
@@ -57,6 +59,11 @@ typedef struct {
  * missing tensor or a shape that disagrees with the hyper-parameters. */
 int ess_model_init(ess_model *m, ess_gguf *g, ess_err *e);
 void ess_model_free(ess_model *m); /* NULL is a no-op */
+
+/* Sets mask[t] = 1 (mask holds g->n_tensors bytes) for every tensor the asker keeps a
+ * copy of rather than asking nodes for: norms, biases, MoE routers, rope frequency
+ * factors. The one list the driver, the relay asker and the wasm asker share. */
+void ess_model_mark_small(const ess_model *m, uint8_t *mask);
 
 /* Name of tensor index ti (for messages), "?" when out of range. Points into the GGUF. */
 const char *ess_model_tensor_name(const ess_model *m, int32_t ti, char *buf, size_t cap);

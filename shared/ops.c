@@ -16,13 +16,14 @@ void ess_rmsnorm(float *out, const float *x, const float *w, int n, float eps) {
     for (int i = 0; i < n; i++) out[i] = (x[i] * scale) * w[i];
 }
 
-void ess_rope_angles(float *cs, int n_rot, int pos, float base, float freq_scale) {
+void ess_rope_angles(float *cs, int n_rot, int pos, float base, float freq_scale, const float *ff) {
     const float theta_scale = powf(base, -2.0f / (float)n_rot);
     float theta = (float)pos;
     /* ggml builds its cos/sin cache by repeated multiplication in float; doing the same
-     * keeps the last bits identical at long positions. */
+     * keeps the last bits identical at long positions. Without factors ggml divides by
+     * 1.0f, which changes nothing. */
     for (int i0 = 0; i0 < n_rot; i0 += 2) {
-        const float t = theta * freq_scale;
+        const float t = freq_scale * (ff ? theta / ff[i0 / 2] : theta);
         cs[i0] = ess_cosf(t);
         cs[i0 + 1] = ess_sinf(t);
         theta *= theta_scale;

@@ -20,10 +20,11 @@
 void ess_rmsnorm(float *out, const float *x, const float *w, int n, float eps);
 
 /* The rotation of position pos: cs[2i] = cos(theta_i), cs[2i+1] = sin(theta_i) for
- * theta_i = pos * freq_scale * base^(-2i/n_rot), i < n_rot/2, as ggml's rope cache
- * (libm's sinf/cosf natively, glibc's arithmetic in wasm: libm.h). The same for every
- * layer and for Q and K: the driver computes it once per token. */
-void ess_rope_angles(float *cs, int n_rot, int pos, float base, float freq_scale);
+ * theta_i = freq_scale * (pos * base^(-2i/n_rot) / ff[i]), i < n_rot/2, as ggml's rope
+ * cache (libm's sinf/cosf natively, glibc's arithmetic in wasm: libm.h). ff: Llama 3.1+
+ * frequency factors (rope_freqs.weight), NULL for none. The same for every layer and for
+ * Q and K: the driver computes it once per token. */
+void ess_rope_angles(float *cs, int n_rot, int pos, float base, float freq_scale, const float *ff);
 
 /* Rotates the first n_rot dims of each of n_head heads of x (n_head x head_dim) in place
  * by the angles cs of ess_rope_angles. neox = 0 rotates pairs (2i, 2i+1) (ggml "normal",

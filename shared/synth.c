@@ -15,11 +15,11 @@
  * the real 131072 tokens make a 1.3 GB embedding of random numbers, so the preset keeps
  * 32768 (--vocab-size 131072 restores it). */
 static const ess_synth_shape PRESETS[] = {
-    {"tinyllama-1.1b", 22, 2048, 32, 4, 0, 5632, 32000, 0, 0, 2048, 10000.0f, 1e-5f, 0, 0, 0},
-    {"mistral-7b", 32, 4096, 32, 8, 0, 14336, 32000, 0, 0, 32768, 1000000.0f, 1e-5f, 0, 0, 0},
-    {"mistral-small-24b", 40, 5120, 32, 8, 128, 32768, 32768, 0, 0, 32768, 100000000.0f, 1e-5f, 0, 0, 0},
+    {"tinyllama-1.1b", 22, 2048, 32, 4, 0, 5632, 32000, 0, 0, 2048, 10000.0f, 1e-5f, 0, 0, 0, 0},
+    {"mistral-7b", 32, 4096, 32, 8, 0, 14336, 32000, 0, 0, 32768, 1000000.0f, 1e-5f, 0, 0, 0, 0},
+    {"mistral-small-24b", 40, 5120, 32, 8, 128, 32768, 32768, 0, 0, 32768, 100000000.0f, 1e-5f, 0, 0, 0, 0},
     /* Mixtral's layout (8 experts, 2 used, GQA 4) at a size a laptop generates in seconds. */
-    {"mixtral-mini", 8, 1024, 16, 4, 0, 3584, 32000, 8, 2, 32768, 1000000.0f, 1e-5f, 0, 0, 0},
+    {"mixtral-mini", 8, 1024, 16, 4, 0, 3584, 32000, 8, 2, 32768, 1000000.0f, 1e-5f, 0, 0, 0, 0},
 };
 #define N_PRESETS (int)(sizeof PRESETS / sizeof PRESETS[0])
 
@@ -184,7 +184,7 @@ static int build_table(ess_synth *s, ess_err *e) {
     const int64_t E = h->n_embd, Q = (int64_t)h->n_head * h->head_dim, KV = (int64_t)h->n_head_kv * h->head_dim;
     const int64_t F = h->n_ff, V = h->n_vocab, X = h->n_expert;
     const float in_e = 1.0f / sqrtf((float)E), branch = 1.0f / sqrtf(2.0f * (float)h->n_layer);
-    size_t cap = 3 + (size_t)h->n_layer * 13;
+    size_t cap = 4 + (size_t)h->n_layer * 13;
     int rc;
     s->t = calloc(cap, sizeof *s->t);
     if (!s->t) return ess_fail(e, ESS_ENOMEM, "out of memory for %zu tensors", cap);
@@ -221,6 +221,9 @@ static int build_table(ess_synth *s, ess_err *e) {
     }
     if ((rc = add_tensor(s, cap, e, ROLE_NORM, -1, "output_norm.weight", 1, E, 1, 1, 1.0f, 0.05f))) return rc;
     if (!h->tied && (rc = add_tensor(s, cap, e, ROLE_OUTPUT, -1, "output.weight", 2, E, V, 1, 0.0f, 4.0f * in_e)))
+        return rc;
+    /* factors in [0.54, 7.46] (z is bounded), positive as a rope frequency divisor must be */
+    if (h->rope_freqs && (rc = add_tensor(s, cap, e, ROLE_NORM, -1, "rope_freqs.weight", 1, h->head_dim / 2, 1, 1, 4.0f, 1.0f)))
         return rc;
     return 0;
 }

@@ -55,6 +55,7 @@ typedef struct {
     int tied;                 /* no output.weight: llama.cpp reuses token_embd as LM head */
     uint32_t arch;            /* ess_synth_arch; names the metadata keys (<arch>.block_count) */
     uint32_t sliding_window;  /* llama.attention.sliding_window, written when not 0 */
+    int rope_freqs;           /* 1: a rope_freqs.weight tensor (Llama 3.1-style frequency factors) */
 } ess_synth_shape;
 
 /* "llama" or "qwen2" (general.architecture), NULL for an unknown value. */

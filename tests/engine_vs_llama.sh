@@ -133,6 +133,9 @@ if "$BIN" synth --help >/dev/null 2>&1; then
     # attention.sliding_window 8 under a 54-token prompt: llama.cpp attends to everything
     # for llama and qwen2 whatever the key says, and so does essaim unless --swa
     synth sliding-window F32 1e-3 $TINY --sliding-window 8
+    # Llama 3.1+ rope scaling: rope_freqs.weight divides each frequency (llama.cpp's freq_factors)
+    synth rope-freqs F32 1e-3 $TINY --rope-freqs
+    synth rope-freqs Q4_K_M 1e-2 $TINY --rope-freqs
 else
     echo "engine_vs_llama: essaim synth unavailable; synthetic models skipped"
 fi

@@ -16,6 +16,7 @@
 #include "quant_impl.h"
 #include "rng.h"
 #include "source.h"
+#include "synth.h"
 
 static float frand(ess_rng *r) { return (float)((double)(ess_rng_u64(r) >> 11) / 9007199254740992.0) * 2.0f - 1.0f; }
 static void fill(ess_rng *r, float *x, size_t n, float scale) { for (size_t i = 0; i < n; i++) x[i] = frand(r) * scale; }
@@ -45,7 +46,7 @@ ESS_TEST(rope_normal_and_neox_match_naive) {
         fill(&r, x, 24, 1.0f);
         memcpy(y, x, sizeof x);
         float cs[NR];
-        ess_rope_angles(cs, NR, pos, 10000.0f, 1.0f);
+        ess_rope_angles(cs, NR, pos, 10000.0f, 1.0f, NULL);
         ess_rope(y, H, D, NR, cs, neox);
         for (int h = 0; h < H; h++)
             for (int i = 0; i < NR / 2; i++) {
@@ -58,6 +59,26 @@ ESS_TEST(rope_normal_and_neox_match_naive) {
         for (int h = 0; h < H; h++) /* dims past n_rot are left alone */
             for (int i = NR; i < D; i++) ESS_CHECK_EQ_INT(y[h * D + i] == x[h * D + i], 1);
     }
+}
+
+/* Llama 3.1+ frequency factors divide each theta (ggml: freq_scale * (theta / ff)). */
+ESS_TEST(rope_frequency_factors_match_naive) {
+    enum { NR = 8 };
+    const float ff[NR / 2] = {1.0f, 2.5f, 4.0f, 8.0f};
+    const int pos = 91;
+    float cs[NR];
+    ess_rope_angles(cs, NR, pos, 500000.0f, 0.5f, ff);
+    for (int i = 0; i < NR / 2; i++) {
+        const double th = 0.5 * pos * pow(500000.0, -2.0 * i / NR) / ff[i];
+        ESS_CHECK_NEAR(cs[2 * i], cos(th), 1e-4);
+        ESS_CHECK_NEAR(cs[2 * i + 1], sin(th), 1e-4);
+    }
+    /* factors of 1 change no bit */
+    const float ones[NR / 2] = {1.0f, 1.0f, 1.0f, 1.0f};
+    float a[NR], b[NR];
+    ess_rope_angles(a, NR, 4093, 10000.0f, 1.0f, NULL);
+    ess_rope_angles(b, NR, 4093, 10000.0f, 1.0f, ones);
+    ESS_CHECK(!memcmp(a, b, sizeof a));
 }
 
 /* The wasm build's sinf/cosf (libm.c) must give glibc's bits: here, natively, they are
@@ -863,6 +884,44 @@ ESS_TEST(model_refuses_unsupported_architecture) {
     ess_gguf_free(&g);
     ess_gguf_w_free(w);
     free(buf);
+}
+
+/* rope_freqs.weight must hold one factor per rotated pair. */
+ESS_TEST(model_checks_rope_freqs_shape) {
+    for (int good = 0; good < 2; good++) {
+        ess_synth_shape sh = {"rf", 1, 64, 4, 2, 0, 128, 300, 0, 0, 64, 10000.0f, 1e-5f, 0, ESS_SYNTH_ARCH_LLAMA, 0, 1};
+        ess_synth s;
+        ess_err e = {0};
+        ESS_CHECK(ess_synth_init(&s, &sh, ess_synth_ftype_find("F32"), 1, &e) == 0);
+        const int64_t ti = ess_synth_find(&s, "rope_freqs.weight");
+        ESS_CHECK(ti >= 0);
+        ESS_CHECK_EQ_INT(s.t[ti].ne[0], 8); /* head_dim 16: 8 pairs */
+        if (!good) s.t[ti].ne[0] = 7;
+        ess_gguf_writer *w = ess_gguf_w_new(3, 32);
+        ESS_CHECK(ess_synth_header(&s, w, NULL, &e) == 0);
+        const uint64_t hs = ess_gguf_w_header_size(w);
+        uint8_t *buf = calloc(1, hs);
+        ESS_CHECK(ess_gguf_w_header(w, buf, hs) == 0);
+        ess_gguf g;
+        ESS_CHECK(ess_gguf_parse(&g, buf, hs, ess_gguf_w_total_size(w)) == 0); /* the header alone */
+        ess_model m;
+        const int rc = ess_model_init(&m, &g, &e);
+        if (good) {
+            ESS_CHECK_EQ_INT(rc, 0);
+            ESS_CHECK_EQ_INT(m.rope_freqs, ti);
+            uint8_t mask[64] = {0};
+            ess_model_mark_small(&m, mask);
+            ESS_CHECK_EQ_INT(mask[ti], 1);
+        } else {
+            ESS_CHECK_EQ_INT(rc, ESS_EFORMAT);
+            ESS_CHECK_MSG(strstr(e.msg, "rope_freqs.weight") != NULL, "message: %s", e.msg);
+        }
+        ess_model_free(&m);
+        ess_gguf_free(&g);
+        ess_gguf_w_free(w);
+        free(buf);
+        ess_synth_free(&s);
+    }
 }
 
 /* The real trained model, when present: llama.cpp's greedy continuation (models/README). */

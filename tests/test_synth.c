@@ -13,7 +13,7 @@
 
 /* A small dense model: tinyllama's layout with shrunk dimensions. */
 static ess_synth_shape small_shape(void) {
-    ess_synth_shape s = {"small", 3, 256, 8, 2, 0, 512, 600, 0, 0, 256, 10000.0f, 1e-5f, 0, ESS_SYNTH_ARCH_LLAMA, 0};
+    ess_synth_shape s = {"small", 3, 256, 8, 2, 0, 512, 600, 0, 0, 256, 10000.0f, 1e-5f, 0, ESS_SYNTH_ARCH_LLAMA, 0, 0};
     return s;
 }
 
@@ -324,7 +324,7 @@ ESS_TEST(synth_fallbacks) {
     ESS_CHECK_EQ_INT(ess_synth_fallback(ESS_TYPE_Q8_0, 160), ESS_TYPE_Q8_0);
     ESS_CHECK_EQ_INT(ess_synth_fallback(ESS_TYPE_F32, 7), ESS_TYPE_F32);
 
-    ess_synth_shape sh = {"stories-like", 5, 64, 8, 4, 0, 172, 512, 0, 0, 256, 10000.0f, 1e-5f, 0, 0, 0};
+    ess_synth_shape sh = {"stories-like", 5, 64, 8, 4, 0, 172, 512, 0, 0, 256, 10000.0f, 1e-5f, 0, 0, 0, 0};
     ess_synth s;
     ess_err e = {0};
     ESS_CHECK_EQ_INT(ess_synth_init(&s, &sh, ess_synth_ftype_find("Q4_K_M"), 1, &e), 0);
@@ -346,8 +346,8 @@ ESS_TEST(synth_fallbacks) {
  * force fallbacks, and its zero-padded 256-wide twin): every tensor's type agrees. */
 ESS_TEST(synth_q4_k_m_matches_llama_quantize) {
     static const struct { const char *file; ess_synth_shape sh; } cases[] = {
-        {"stories260K-Q4_K_M.gguf", {"s", 5, 64, 8, 4, 0, 172, 512, 0, 0, 256, 10000.0f, 1e-5f, 0, 0, 0}},
-        {"stories260K-pad256-Q4_K_M.gguf", {"s", 5, 256, 32, 16, 8, 256, 512, 0, 0, 256, 10000.0f, 1e-5f, 0, 0, 0}},
+        {"stories260K-Q4_K_M.gguf", {"s", 5, 64, 8, 4, 0, 172, 512, 0, 0, 256, 10000.0f, 1e-5f, 0, 0, 0, 0}},
+        {"stories260K-pad256-Q4_K_M.gguf", {"s", 5, 256, 32, 16, 8, 256, 512, 0, 0, 256, 10000.0f, 1e-5f, 0, 0, 0, 0}},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const char *path = ess_test_model(cases[c].file);

@@ -181,18 +181,13 @@ static int build_layers(abi_drv *h) {
     return 0;
 }
 
-/* The fragments holding a tensor the driver copies at init (norms, biases, routers). */
+/* The fragments holding a tensor the driver copies at init (norms, biases, routers, rope
+ * factors). */
 static void mark_needed(abi_drv *h) {
     const uint64_t nt = h->g.n_tensors;
     uint8_t *small = calloc(nt ? nt : 1, 1);
     if (!small) return;
-    if (h->m.output_norm >= 0) small[h->m.output_norm] = 1;
-    for (int l = 0; l < h->m.n_layer; l++) {
-        const ess_layer_tensors *lt = &h->m.layers[l];
-        const int32_t s[] = {lt->attn_norm, lt->ffn_norm, lt->bq, lt->bk, lt->bv, lt->gate_inp};
-        for (size_t j = 0; j < sizeof s / sizeof *s; j++)
-            if (s[j] >= 0) small[s[j]] = 1;
-    }
+    ess_model_mark_small(&h->m, small);
     for (uint32_t f = 0; f < h->plan.n_frags; f++) {
         const ess_frag *fr = &h->plan.frags[f];
         for (uint32_t i = 0; i < fr->n_items; i++) {

@@ -172,16 +172,18 @@ for (const [file, maxSize, expectText, expectIds] of CASES) {
 //     That last check also holds the asker's own float code (wasm/abi_driver.c, ops.c) to
 //     the native engine's: RoPE there takes glibc's sinf/cosf arithmetic (shared/libm.c;
 //     wasi-libc's own differ in the last bit for some angles, which showed on Q4_K_M).
-const SYNTH = [['Q4_K_M'], ['Q4_0'], ['Q8_0']];
+// The last case adds Llama 3.1-style rope frequency factors (rope_freqs.weight).
+const SYNTH = [['Q4_K_M'], ['Q4_0'], ['Q8_0'], ['Q4_K_M', ['--rope-freqs']]];
 const probe = essaim && join(dirname(essaim), 'kernel_probe');
 const f32hex = a => Buffer.from(Float32Array.from(a).buffer).toString('hex');
-for (const [type] of SYNTH) {
-  const path = join(tmp, `synth-${type}.gguf`);
+for (const [type, extra = []] of SYNTH) {
+  const label = [type, ...extra].join(' ');
+  const path = join(tmp, `synth-${label.replace(/\W+/g, '_')}.gguf`);
   let run = null;  // the generation, shared by the two tests of this model
   const setup = async () => {
     if (run) return run;
     execFileSync(essaim, ['synth', '--preset', 'tinyllama-1.1b', '--type', type, '--layers', '2', '--embd', '256', '--heads', '4',
-                          '--kv-heads', '2', '--ff', '512', '--vocab-size', '512', '--seed', '2', '-o', path], { stdio: 'pipe' });
+                          '--kv-heads', '2', '--ff', '512', '--vocab-size', '512', '--seed', '2', ...extra, '-o', path], { stdio: 'pipe' });
     const gguf = new Uint8Array(readFileSync(path));
     const files = fragmentGguf(wasmCore, gguf, 96 << 10).files.map(f => ({ id: sha(f), file: f }));
     const computes = [];
@@ -189,7 +191,7 @@ for (const [type] of SYNTH) {
     run = { g, computes };
     return run;
   };
-  test(`synthetic ${type} model: wasm tokens and every COMPUTE answer equal the native node's bits`,
+  test(`synthetic ${label} model: wasm tokens and every COMPUTE answer equal the native node's bits`,
        { skip: !(essaim && existsSync(probe)) && 'no build/essaim or build/kernel_probe' }, async () => {
     const { g, computes } = await setup();
     assert.equal(g.ids.length, 32, 'no end of text before 32 tokens');
@@ -208,10 +210,10 @@ for (const [type] of SYNTH) {
       assert.equal(f32hex(values), nat, `${it.name} rows [${q.r0}, ${q.r1}), ${q.nTok} tokens, mm_mode ${q.mmMode}`);
     }
   });
-  test(`synthetic ${type} model: logits of every prefix equal the native engine's bits`,
+  test(`synthetic ${label} model: logits of every prefix equal the native engine's bits`,
        { skip: !essaim && 'no build/essaim' }, async () => {
     const { g } = await setup();
-    const seq = [...g.prompt, ...g.ids], dump = join(tmp, `dump-${type}.json`);
+    const seq = [...g.prompt, ...g.ids], dump = join(tmp, `dump-${label.replace(/\W+/g, '_')}.json`);
     let wireId = 1;
     for (let k = 0; k < g.ids.length; k++) {
       const prefix = seq.slice(0, g.prompt.length + k);
