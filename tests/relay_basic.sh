@@ -30,7 +30,8 @@ if [ -f "$MODELS/stories260K.gguf" ]; then
     GGUF=$MODELS/stories260K.gguf
 else
     GGUF=$T/synth.gguf
-    "$ESSAIM" synth -o "$GGUF" >/dev/null 2>&1 || { echo "relay_basic: essaim synth failed"; exit 1; }
+    "$ESSAIM" synth -o "$GGUF" --type Q8_0 --preset tinyllama-1.1b --layers 2 --embd 256 --heads 8 --kv-heads 2 --ff 512 \
+        --vocab-size 512 >"$T/synth.log" 2>&1 || { echo "relay_basic: essaim synth failed: $(tail -1 "$T/synth.log")"; exit 1; }
 fi
 "$ESSAIM" fragment "$GGUF" -o "$T/frags" --max-size 64K >/dev/null 2>&1 || { echo "relay_basic: fragment failed"; exit 1; }
 mkdir -p "$T/store" "$T/web/app"

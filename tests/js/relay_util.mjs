@@ -92,9 +92,14 @@ export function makeStore() {
   return { dir, store, modelDir: join(store, model), manifest, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
 
+// Each relay gets a database of its own unless args name one: a relay restarted on a
+// database whose nodes held fragments waits for them (--settle), which only the tests of
+// restarts want.
+let dbSeq = 0;
 export async function startRelay(store, args = [], { tls = null } = {}) {
   const port = await freePort();
   const a = ['--listen', `127.0.0.1:${port}`, '--store', store, ...args];
+  if (!args.includes('--db')) a.push('--db', join(store, `relay-${process.pid}-${++dbSeq}.db`));
   if (tls) a.push('--tls-cert', tls.cert, '--tls-key', tls.key);
   const proc = spawn(relayBin, a, { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
