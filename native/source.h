@@ -1,7 +1,8 @@
 /* source.h - opening MODEL for the engine: a .gguf file or a fragment directory.
  *
- * A .gguf is mapped read-only and run with ess_fragplan_whole (each tensor one big
- * fragment, zero-copy). A fragment directory (made by `essaim fragment`) is read through
+ * A .gguf is read into huge-page memory (ess_load_file; mapped read-only where that is
+ * not possible) and run with ess_fragplan_whole (each tensor one big fragment, used in
+ * place). A fragment directory (made by `essaim fragment`) is read through
  * its manifest.json: every <id>.esf is mapped, the GGUF header is rebuilt from the header
  * fragments, and ess_fragplan_build with the manifest's max_size gives back the plan, so
  * both give the driver the same thing: a parsed header, a plan, and the payload of each
@@ -19,6 +20,7 @@ typedef struct {
     ess_fragplan plan;
     const uint8_t **frag_data; /* (plan.n_frags) payload of each fragment, NULL for header fragments */
     ess_map file;              /* the .gguf */
+    int loaded;                /* 1: file read into huge pages; 0: mapped */
     ess_map *maps;             /* (plan.n_frags) fragment files of a directory */
     uint32_t n_maps;
     uint8_t *header;           /* directory: the GGUF header rebuilt from header fragments */

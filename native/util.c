@@ -41,9 +41,87 @@ int ess_map_file(ess_map *m, const char *path, char *err, size_t errlen) {
     return 0;
 }
 
+/* Is transparent huge page backing available to madvise(MADV_HUGEPAGE)? */
+static int thp_usable(void) {
+    char buf[128] = "";
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (!f) return 0;
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    buf[n] = 0;
+    return strstr(buf, "[always]") || strstr(buf, "[madvise]");
+}
+
+/* MemAvailable in bytes, 0 when unknown. */
+static uint64_t mem_available(void) {
+    FILE *f = fopen("/proc/meminfo", "r");
+    char line[256];
+    uint64_t kb = 0;
+    if (!f) return 0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "MemAvailable:", 13)) { kb = strtoull(line + 13, NULL, 10); break; }
+    fclose(f);
+    return kb * 1024;
+}
+
+int ess_load_file(ess_map *m, const char *path, int *loaded, char *err, size_t errlen) {
+    const size_t huge = 2u << 20;
+    const char *env = getenv("ESSAIM_MMAP");
+    struct stat st;
+    if (loaded) *loaded = 0;
+    if ((env && *env && strcmp(env, "0")) || !thp_usable() || stat(path, &st) != 0 || !S_ISREG(st.st_mode) ||
+        st.st_size < (off_t)huge || (uint64_t)st.st_size + (256u << 20) > mem_available())
+        return ess_map_file(m, path, err, errlen);
+    memset(m, 0, sizeof *m);
+    m->fd = -1;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        return -1;
+    }
+    const uint64_t size = (uint64_t)st.st_size;
+    /* one huge page of slack to start on a 2 MB boundary */
+    const size_t len = (size_t)((size + huge - 1) / huge * huge) + huge;
+    void *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (base == MAP_FAILED) {
+        close(fd);
+        return ess_map_file(m, path, err, errlen);
+    }
+    uint8_t *data = (uint8_t *)(((uintptr_t)base + huge - 1) & ~(uintptr_t)(huge - 1));
+    madvise(data, len - (size_t)(data - (uint8_t *)base), MADV_HUGEPAGE);
+    ess_progress pr;
+    const int show = size >= (1u << 30);
+    if (show) ess_progress_start(&pr, "loading", size);
+    for (uint64_t off = 0; off < size;) {
+        const size_t want = size - off < (8u << 20) ? (size_t)(size - off) : (8u << 20);
+        const ssize_t got = pread(fd, data + off, want, (off_t)off);
+        if (got <= 0) {
+            if (got < 0 && errno == EINTR) continue;
+            snprintf(err, errlen, "%s: read failed at byte %llu of %llu: %s", path, (unsigned long long)off,
+                     (unsigned long long)size, got < 0 ? strerror(errno) : "file shrank while reading");
+            close(fd);
+            munmap(base, len);
+            return -1;
+        }
+        off += (uint64_t)got;
+        if (show) ess_progress_add(&pr, (uint64_t)got);
+    }
+    if (show) ess_progress_end(&pr);
+    close(fd);
+    mprotect(base, len, PROT_READ); /* weights are never written */
+    m->data = data;
+    m->size = size;
+    m->anon = base;
+    m->anon_len = len;
+    if (loaded) *loaded = 1;
+    return 0;
+}
+
 void ess_unmap(ess_map *m) {
     if (!m) return;
-    if (m->data && m->size) munmap((void *)m->data, m->size);
+    if (m->anon) munmap(m->anon, m->anon_len);
+    else if (m->data && m->size) munmap((void *)m->data, m->size);
+    m->anon = NULL;
     if (m->fd >= 0) close(m->fd);
     m->data = NULL;
     m->size = 0;

@@ -924,6 +924,37 @@ ESS_TEST(model_checks_rope_freqs_shape) {
     }
 }
 
+/* A model file read into huge-page memory holds the file's bytes; ESSAIM_MMAP=1 maps it
+ * instead, with the same bytes. */
+ESS_TEST(load_file_huge_pages_or_mapped) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/load.bin", ess_test_tmpdir());
+    const size_t n = (3u << 20) + 12345;
+    uint8_t *want = malloc(n);
+    ESS_CHECK(want != NULL);
+    for (size_t i = 0; i < n; i++) want[i] = (uint8_t)(i * 2654435761u >> 13);
+    FILE *f = fopen(path, "wb");
+    ESS_CHECK(f && fwrite(want, 1, n, f) == n && fclose(f) == 0);
+    for (int env = 0; env < 2; env++) {
+        if (env) setenv("ESSAIM_MMAP", "1", 1);
+        ess_map m;
+        int loaded = -1;
+        char err[256];
+        ESS_CHECK_MSG(ess_load_file(&m, path, &loaded, err, sizeof err) == 0, "%s", err);
+        ESS_CHECK_EQ_INT(m.size, n);
+        ESS_CHECK(!memcmp(m.data, want, n));
+        if (env) ESS_CHECK_EQ_INT(loaded, 0);
+        if (loaded) ESS_CHECK_EQ_INT((uintptr_t)m.data % (2u << 20), 0);
+        ess_unmap(&m);
+    }
+    unsetenv("ESSAIM_MMAP");
+    char err[256];
+    ess_map m;
+    ESS_CHECK(ess_load_file(&m, "/nonexistent/model.gguf", NULL, err, sizeof err) == -1);
+    ESS_CHECK_MSG(strstr(err, "/nonexistent/model.gguf") != NULL, "message: %s", err);
+    free(want);
+}
+
 /* The real trained model, when present: llama.cpp's greedy continuation (models/README). */
 ESS_TEST(stories260K_greedy_matches_llama_cpp) {
     const char *path = ess_test_model("stories260K.gguf");
