@@ -18,9 +18,6 @@ void ess_matmul(const ess_kernels *k, uint32_t wtype, const void *w, int64_t ne0
     const size_t wrow = (size_t)ess_row_size(wtype, ne0);
     const size_t arow = (size_t)ess_row_size((uint32_t)ess_type_info(wtype)->vec_dot_type, ne0);
     const uint8_t *wb = w, *ab = act;
-#if defined(__x86_64__)
-    if (n_tok == 1 && k->vnni && wtype == ESS_TYPE_Q8_0 && ess_matmul_q8_0_gemv_avx2(w, ne0, n_rows, act, out)) return;
-#endif
     if (n_tok == 1) { /* decode: one pass over the rows */
         for (int64_t r = 0; r < n_rows; r++) dot((int)ne0, out + r, wb + (size_t)r * wrow, ab);
         return;

@@ -66,11 +66,10 @@ ess_vec_dot_fn ess_matmul_dot1_avx2(uint32_t wtype);
  * NULL: llama.cpp runs F16 prefill through llamafile's tinyBLAS when ne0 % 16 == 0, which
  * sums in another order than its vec_dot. */
 ess_vec_dot_fn ess_matmul_dotg_avx2(uint32_t wtype, int64_t ne0);
-/* Q8_0 prefill in register tiles of 4 rows x 4 tokens, and decode four rows at a time
- * (matmul_q8_avx2.c), each output the same float operations as the Q8_0 dot (so the same
- * bits); AVX-512 VNNI on 256-bit registers: call them only when ess_kernels.vnni. Return
- * 1 when they filled out, 0 (and wrote nothing) in builds without AVX2. */
-int ess_matmul_q8_0_gemv_avx2(const void *w, int64_t ne0, int64_t n_rows, const void *act, float *out);
+/* Q8_0 prefill in register tiles of 4 rows x 4 tokens (matmul_q8_avx2.c), each output the
+ * same float operations as the Q8_0 dot (so the same bits); AVX-512 VNNI on 256-bit
+ * registers: call it only when ess_kernels.vnni. Returns 1 when it filled out, 0 (and
+ * wrote nothing) in builds without AVX2. */
 int ess_matmul_q8_0_tile_avx2(const void *w, int64_t ne0, int64_t n_rows, const void *act, int n_tok, float *out,
                               size_t out_stride);
 

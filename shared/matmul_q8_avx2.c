@@ -1,5 +1,8 @@
 /* matmul_q8_avx2.c - Q8_0 x Q8_0 matrix products with register tiles and VNNI integer
- * dots, for prefill and decode on x86_64 (see ess_matmul_q8_0_tile_avx2 below).
+ * dots, for prefill on x86_64 (see ess_matmul_q8_0_tile_avx2 below). Decode takes the
+ * per-row dot: a four-rows-per-pass VNNI gemv that was here read the weights at half its
+ * speed on AMD EPYC (Zen 4), mapped or in huge pages (TinyLlama Q8_0, one thread: 11.7
+ * against 22 tok/s), so it was removed.
  *
  * What it does: up to 4 weight rows x 4 tokens per pass over the blocks, 16 accumulators
  * in registers, so each weight block and each activation block is loaded once for four
@@ -140,65 +143,8 @@ VNNI int ess_matmul_q8_0_tile_avx2(const void *w, int64_t ne0, int64_t n_rows, c
     return 1;
 }
 
-/* Decode: RB rows against one token. The activation side of every block (its correction
- * term and f16 scale) is computed once per chunk of blocks for all rows, and the next
- * weight bytes are prefetched: a Q8_0 decode is a stream through the weights, and four
- * rows in flight with a prefetch 512 bytes ahead read it 1.35x as fast as one row at a
- * time (measured, 7.1 -> 9.6 GB/s on one core). Per row: the chain of dot1_q8_0. */
-#define GEMV_PREFETCH 512
-/* blocks whose activation terms are computed ahead (9 KB of stack): rows up to 8192 wide */
-#define GEMV_CHUNK 256
-static inline __attribute__((always_inline)) VNNI void gemv_rows(const int RB, const uint8_t *w, size_t row, const ess_block_q8_0 *a,
-                                                                 const __m256i *corr, const float *da, int i0, int i1, __m256 *acc) {
-    const __m256i k80 = _mm256_set1_epi8((char)0x80);
-    for (int i = i0; i < i1; i++) {
-        const __m256i y = _mm256_loadu_si256((const __m256i *)a[i].qs);
-#pragma GCC unroll 4
-        for (int r = 0; r < RB; r++) {
-            const ess_block_q8_0 *b = (const ess_block_q8_0 *)(w + (size_t)r * row) + i;
-            _mm_prefetch((const char *)b + GEMV_PREFETCH, _MM_HINT_T0);
-            const __m256i q = _mm256_dpbusd_epi32(corr[i - i0], _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)b->qs), k80), y);
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(_cvtsh_ss(b->d) * da[i - i0]), _mm256_cvtepi32_ps(q), acc[r]);
-        }
-    }
-}
-
-VNNI int ess_matmul_q8_0_gemv_avx2(const void *w, int64_t ne0, int64_t n_rows, const void *act, float *out) {
-    const int nb = (int)(ne0 / ESS_QK8_0);
-    const size_t row = (size_t)nb * sizeof(ess_block_q8_0);
-    const ess_block_q8_0 *a = act;
-    const __m256i k80 = _mm256_set1_epi8((char)0x80);
-    __m256i corr[GEMV_CHUNK];
-    float da[GEMV_CHUNK];
-    const uint8_t *wb = w;
-    /* the activation terms are computed once when a row fits one chunk, else per chunk;
-     * the accumulators run on across chunks in block order either way */
-    for (int64_t r0 = 0; r0 < n_rows; r0 += 4) {
-        const int rb = n_rows - r0 < 4 ? (int)(n_rows - r0) : 4;
-        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-        for (int i0 = 0; i0 < nb; i0 += GEMV_CHUNK) {
-            const int i1 = i0 + GEMV_CHUNK < nb ? i0 + GEMV_CHUNK : nb;
-            if (r0 == 0 || nb > GEMV_CHUNK)
-                for (int i = i0; i < i1; i++) {
-                    const __m256i s = _mm256_dpbusd_epi32(_mm256_setzero_si256(), k80, _mm256_loadu_si256((const __m256i *)a[i].qs));
-                    corr[i - i0] = _mm256_sub_epi32(_mm256_setzero_si256(), s);
-                    da[i - i0] = _cvtsh_ss(a[i].d);
-                }
-            if (rb == 4) gemv_rows(4, wb + (size_t)r0 * row, row, a, corr, da, i0, i1, acc);
-            else
-                for (int r = 0; r < rb; r++) gemv_rows(1, wb + (size_t)(r0 + r) * row, row, a, corr, da, i0, i1, acc + r);
-        }
-        for (int r = 0; r < rb; r++) out[r0 + r] = hsum_hi_lo(acc[r]);
-    }
-    return 1;
-}
-
 #else
 
-int ess_matmul_q8_0_gemv_avx2(const void *w, int64_t ne0, int64_t n_rows, const void *act, float *out) {
-    (void)w, (void)ne0, (void)n_rows, (void)act, (void)out;
-    return 0;
-}
 int ess_matmul_q8_0_tile_avx2(const void *w, int64_t ne0, int64_t n_rows, const void *act, int n_tok,
                               float *out, size_t out_stride) {
     (void)w, (void)ne0, (void)n_rows, (void)act, (void)n_tok, (void)out, (void)out_stride;
