@@ -170,24 +170,24 @@ function fmaTriples() {
   }
   return Float32Array.from(t);
 }
+// Native fmaf (glibc: correctly rounded) of the triples; which = 0: ess_fmaf must agree on
+// all of them; which = 1: wasi-libc's fmaf must not (it is why ess_fmaf exists).
 const fmaCheck = which => () => {
   const t = fmaTriples(), tf = join(dir, 'fma.f32');
   writeFileSync(tf, Buffer.from(t.buffer));
   const nat = new Float32Array(Buffer.from(execFileSync(probe, ['fma', tf]).toString().trim(), 'hex').buffer);
-  {
-    const bad = [];
-    for (let i = 0; i < nat.length; i++) {
-      const got = X.ess_fma_f32(which, t[3 * i], t[3 * i + 1], t[3 * i + 2]);
-      if (!Object.is(Math.fround(got), nat[i])) bad.push(`fma(${t[3 * i]}, ${t[3 * i + 1]}, ${t[3 * i + 2]}) = ${got}, x86 ${nat[i]}`);
-    }
-    assert.deepEqual(bad.slice(0, 5), [], `${which ? 'wasi-libc fmaf' : 'emulation'}: ${bad.length} of ${nat.length} differ`);
+  const bad = [];
+  for (let i = 0; i < nat.length; i++) {
+    const got = X.ess_fma_f32(which, t[3 * i], t[3 * i + 1], t[3 * i + 2]);
+    if (!Object.is(Math.fround(got), nat[i])) bad.push(`fma(${t[3 * i]}, ${t[3 * i + 1]}, ${t[3 * i + 2]}) = ${got}, x86 ${nat[i]}`);
   }
+  if (which) assert.ok(bad.length > 0, 'wasi-libc fmaf now rounds once: ess_fmaf could call it');
+  else assert.deepEqual(bad.slice(0, 5), [], `ess_fmaf: ${bad.length} of ${nat.length} differ`);
 };
-test('the kernels\' FMA emulation rounds as x86 fmaf', fmaCheck(0));
+test('ess_fmaf (the kernels\' and ops.c\'s FMA in wasm) rounds as x86 fmaf', fmaCheck(0));
 // Debian's wasi-libc (2022-05) computes fmaf as one f64 sum rounded to f32: wrong on the
-// midpoint cases, so ops.c's scalar chains in wasm can differ from x86 there (rarely: about
-// 2^-28 per operation on random data). Reported, not this file's to fix.
-test('wasi-libc fmaf rounds as x86 fmaf', { todo: 'double rounding on f32 midpoints (ess_fmaf is used instead)' }, fmaCheck(1));
+// midpoint cases the triples include, which is why the wasm build calls ess_fmaf instead.
+test('wasi-libc fmaf rounds twice on f32 midpoints (ess_fmaf replaces it)', fmaCheck(1));
 
 // RoPE's sinf/cosf in a wasm asker (shared/libm.c) against the native build's libm (glibc):
 // every angle RoPE makes for positions 0..4095 at two bases and 128 dimensions, and random
