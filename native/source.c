@@ -13,7 +13,7 @@
  * fragment must sit at the same shift (they are contiguous in the file). */
 static int open_gguf(ess_source *s, const char *path, char *err, size_t errlen) {
     ess_err e = {0};
-    if (ess_load_file(&s->file, path, &s->loaded, err, errlen)) return -1;
+    if (ess_load_file(&s->file, path, NULL, err, errlen)) return -1;
     s->bytes = s->file.size;
     if (ess_gguf_parse(&s->g, s->file.data, s->file.size, s->file.size)) {
         snprintf(err, errlen, "%s: %s", path, s->g.err.msg);

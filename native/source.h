@@ -20,7 +20,6 @@ typedef struct {
     ess_fragplan plan;
     const uint8_t **frag_data; /* (plan.n_frags) payload of each fragment, NULL for header fragments */
     ess_map file;              /* the .gguf */
-    int loaded;                /* 1: file read into huge pages; 0: mapped */
     ess_map *maps;             /* (plan.n_frags) fragment files of a directory */
     uint32_t n_maps;
     uint8_t *header;           /* directory: the GGUF header rebuilt from header fragments */

@@ -252,7 +252,7 @@ int ess_driver_init(ess_driver **out, const ess_model *m, const ess_fragplan *pl
     d->xb = xcalloc((size_t)B * E, 4, &oom);
     d->q = xcalloc((size_t)B * nq, 4, &oom);
     d->kk = xcalloc((size_t)B * nk, 4, &oom);
-    d->rope = xcalloc((size_t)B * (m->n_rot > 0 ? m->n_rot : 1), 4, &oom);
+    d->rope = xcalloc((size_t)B * m->n_rot, 4, &oom);
     d->vv = xcalloc((size_t)B * nv, 4, &oom);
     d->att = xcalloc((size_t)B * no, 4, &oom);
     d->xo = xcalloc((size_t)B * E, 4, &oom);

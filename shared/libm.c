@@ -83,14 +83,14 @@ static double reduce_large(uint32_t bits, int *n) {
     return (double)(int64_t)f * TWO_PI_2M64;
 }
 
-/* Shared by both: the quadrant of x and the reduced, signed argument. Returns 0 for the
- * small-argument path (|x| < ~0.75, no reduction), 1 otherwise. */
-static int reduce(float y, double *r, int *quadrant) {
+/* Shared by both: the reduced, signed argument and its quadrant (0 for |x| < ~0.75, which
+ * needs no reduction). */
+static void reduce(float y, double *r, int *quadrant) {
     double x = y;
     if (magnitude12(y) < magnitude12(0x1.921fb6p-1f)) {
         *r = x;
         *quadrant = 0;
-        return 0;
+        return;
     }
     int n, turn;
     if (magnitude12(y) < magnitude12(120.0f)) {
@@ -104,7 +104,6 @@ static int reduce(float y, double *r, int *quadrant) {
     }
     *r = x * QUADRANT_SIGN[turn & 3];
     *quadrant = (n & 1) | (turn & 2);
-    return 1;
 }
 
 float ess_glibc_sinf(float y) {
@@ -116,11 +115,12 @@ float ess_glibc_sinf(float y) {
     return quadrant_poly(r, r * r, q);
 }
 
+/* the same reduction, the quadrant's other polynomial (glibc's n ^ 1) */
 float ess_glibc_cosf(float y) {
     if (!(magnitude12(y) < magnitude12(INFINITY))) return (y - y) / (y - y);
     if (magnitude12(y) < magnitude12(0x1p-12f)) return 1.0f;
     double r;
     int q;
-    if (!reduce(y, &r, &q)) return quadrant_poly(r, r * r, 1);
+    reduce(y, &r, &q);
     return quadrant_poly(r, r * r, q ^ 1);
 }
