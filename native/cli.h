@@ -32,9 +32,10 @@ int ess_map_file(ess_map *m, const char *path, char *err, size_t errlen);
  * weights streamed again for every token: with 4 KB page-cache pages, TLB misses and
  * prefetchers stopping at each page cost a third of the decode speed (TinyLlama Q4_K_M,
  * one thread: 17.5 tok/s mapped, 24 tok/s in huge pages). Resident memory is the file's
- * size either way (read with pread: the page cache is not mapped in). Falls back to
- * ess_map_file when the kernel has THP off, the file would not fit in available memory,
- * or ESSAIM_MMAP=1 is set; `loaded` (may be NULL) says which happened. */
+ * size either way (read with pread: the page cache is not mapped in), and the copy can be
+ * rearranged for the kernels (ess_source_pack). Read also when the kernel has THP off
+ * (4 KB pages then); falls back to ess_map_file when the file would not fit in available
+ * memory or ESSAIM_MMAP=1 is set; `loaded` (may be NULL) says which happened. */
 int ess_load_file(ess_map *m, const char *path, int *loaded, char *err, size_t errlen);
 void ess_unmap(ess_map *m);
 /* Tells the kernel the bytes [off, off+len) of a mapping are no longer needed, so that

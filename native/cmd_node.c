@@ -373,7 +373,7 @@ static void do_compute(node *nd, const ess_wire_header *h, const uint8_t *p, siz
     q.out = out;
     q.out_stride = q.out_cols = cols;
     char err[160];
-    if (ess_exec_round(nd->x, &nd->k, &w, &q, 1, err, sizeof err)) { send_error(nd, h->id, ESS_WERR_INTERNAL, "%s", err); return; }
+    if (ess_exec_round(nd->x, &nd->k, &w, NULL, &q, 1, err, sizeof err)) { send_error(nd, h->id, ESS_WERR_INTERNAL, "%s", err); return; }
     send_result(nd, h->id, c.n_tok, cols, out);
 }
 
@@ -425,7 +425,7 @@ static void do_rows(node *nd, const ess_wire_header *h, const uint8_t *p, size_t
     q.out = out;
     q.out_stride = q.out_cols = r.n_in;
     char err[160];
-    if (ess_exec_round(nd->x, &nd->k, &w, &q, 1, err, sizeof err)) { send_error(nd, h->id, ESS_WERR_INTERNAL, "%s", err); return; }
+    if (ess_exec_round(nd->x, &nd->k, &w, NULL, &q, 1, err, sizeof err)) { send_error(nd, h->id, ESS_WERR_INTERNAL, "%s", err); return; }
     send_result(nd, h->id, r.n_tok, r.n_in, out);
 }
 

@@ -125,6 +125,7 @@ void ess_exec_parallel(ess_exec *x, void (*fn)(void *arg, int ith, int nth), voi
 typedef struct {
     const ess_kernels *k;
     const uint8_t *const *frag_data;
+    const uint8_t *packed; /* per fragment, or NULL: payload packed by ess_pack_rows */
     ess_request *reqs;
     int n;
     uint64_t chunk;     /* units per chunk: a multiple of 8, so 8-row tiles stay whole */
@@ -135,12 +136,18 @@ static uint64_t units(const ess_request *r) { return r->kind == ESS_REQ_ROWS ? (
 
 static void run_range(const round_job *j, const ess_request *r, uint64_t lo, uint64_t hi) {
     const uint8_t *w = j->frag_data[r->frag] + r->w_offset;
+    const int packed = j->packed && j->packed[r->frag];
     if (r->kind == ESS_REQ_ROWS) {
-        ess_getrows(j->k, r->wtype, w, r->ne0, r->r0, r->rows + lo, (int)(hi - lo), r->out + lo * r->out_stride, r->out_stride);
+        if (packed)
+            ess_getrows_packed(j->k, r->wtype, (ess_matmul_mode)r->mm_mode, w, r->ne0, r->r0, (int64_t)(r->r1 - r->r0), r->rows + lo, (int)(hi - lo),
+                               r->out + lo * r->out_stride, r->out_stride);
+        else
+            ess_getrows(j->k, r->wtype, w, r->ne0, r->r0, r->rows + lo, (int)(hi - lo), r->out + lo * r->out_stride, r->out_stride);
     } else {
+        /* lo is a multiple of 8: a chunk of packed rows starts a group */
         const size_t wrow = (size_t)ess_row_size(r->wtype, r->ne0);
-        ess_matmul_ex(j->k, r->wtype, (ess_matmul_mode)r->mm_mode, w + lo * wrow, r->ne0, (int64_t)(hi - lo), r->act,
-                      r->n_tok, r->out + lo, r->out_stride);
+        (packed ? ess_matmul_packed : ess_matmul_ex)(j->k, r->wtype, (ess_matmul_mode)r->mm_mode, w + lo * wrow, r->ne0,
+                                                     (int64_t)(hi - lo), r->act, r->n_tok, r->out + lo, r->out_stride);
     }
 }
 
@@ -161,9 +168,9 @@ static void run_share(void *arg, int ith, int nth) {
     }
 }
 
-int ess_exec_round(ess_exec *x, const ess_kernels *k, const uint8_t *const *frag_data, ess_request *reqs, int n,
-                   char *err, size_t errlen) {
-    round_job j = {.k = k, .frag_data = frag_data, .reqs = reqs, .n = n};
+int ess_exec_round(ess_exec *x, const ess_kernels *k, const uint8_t *const *frag_data, const uint8_t *packed, ess_request *reqs,
+                   int n, char *err, size_t errlen) {
+    round_job j = {.k = k, .frag_data = frag_data, .packed = packed, .reqs = reqs, .n = n};
     uint64_t work = 0, total = 0; /* multiply-adds (or dequantized elements); units */
     for (int i = 0; i < n; i++) {
         if (!frag_data[reqs[i].frag]) {
@@ -188,7 +195,8 @@ int ess_exec_round(ess_exec *x, const ess_kernels *k, const uint8_t *const *frag
     return 0;
 }
 
-int ess_exec_run(ess_exec *x, ess_driver *d, const ess_kernels *k, const uint8_t *const *frag_data, char *err, size_t errlen) {
+int ess_exec_run(ess_exec *x, ess_driver *d, const ess_kernels *k, const uint8_t *const *frag_data, const uint8_t *packed, char *err,
+                 size_t errlen) {
     for (;;) {
         int r = ess_driver_step(d);
         if (r == ESS_DRIVER_DONE) return 0;
@@ -203,7 +211,7 @@ int ess_exec_run(ess_exec *x, ess_driver *d, const ess_kernels *k, const uint8_t
         ess_request *reqs;
         int n;
         ess_driver_requests(d, &reqs, &n);
-        if (ess_exec_round(x, k, frag_data, reqs, n, err, errlen)) return ESS_ENOTFOUND;
+        if (ess_exec_round(x, k, frag_data, packed, reqs, n, err, errlen)) return ESS_ENOTFOUND;
         for (int i = 0; i < n; i++) ess_driver_complete(d, reqs[i].id);
     }
 }

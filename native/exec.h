@@ -26,12 +26,15 @@ int ess_exec_threads(const ess_exec *x);
 void ess_exec_parallel(ess_exec *x, void (*fn)(void *arg, int ith, int nth), void *arg);
 
 /* Computes the n requests of a round into their out buffers (frag_data[i] = payload of
- * fragment i). Returns 0, or -1 with a message in err when a fragment is not held. */
-int ess_exec_round(ess_exec *x, const ess_kernels *k, const uint8_t *const *frag_data, ess_request *reqs, int n,
-                   char *err, size_t errlen);
+ * fragment i; packed[i] = 1 when its Q4_K items were packed by ess_pack_rows, see
+ * ess_source_pack; packed NULL: all in GGUF layout). Returns 0, or -1 with a message in
+ * err when a fragment is not held. */
+int ess_exec_round(ess_exec *x, const ess_kernels *k, const uint8_t *const *frag_data, const uint8_t *packed, ess_request *reqs,
+                   int n, char *err, size_t errlen);
 
 /* Drives d from its current eval to ESS_DRIVER_DONE, executing every round locally.
  * Returns 0 or a negative ESS_E* with a message in err. */
-int ess_exec_run(ess_exec *x, ess_driver *d, const ess_kernels *k, const uint8_t *const *frag_data, char *err, size_t errlen);
+int ess_exec_run(ess_exec *x, ess_driver *d, const ess_kernels *k, const uint8_t *const *frag_data, const uint8_t *packed, char *err,
+                 size_t errlen);
 
 #endif

@@ -4,9 +4,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 
 #include "manifest.h"
+#include "matmul.h"
 
 /* Whole plan over a mapped file: a fragment's payload is where its first item lies in
  * the file, shifted back by that item's offset in the payload; every other item of the
@@ -151,12 +153,48 @@ void ess_source_close(ess_source *s) {
     ess_fragplan_free(&s->plan);
     ess_gguf_free(&s->g);
     free(s->frag_data);
+    free(s->packed);
     if (s->maps)
         for (uint32_t i = 0; i < s->n_maps; i++) if (s->maps[i].data) ess_unmap(&s->maps[i]);
     free(s->maps);
     if (s->file.data) ess_unmap(&s->file);
     free(s->header);
     memset(s, 0, sizeof *s);
+}
+
+uint32_t ess_source_pack(ess_source *s, const ess_model *m, const ess_kernels *k) {
+    const char *env = getenv("ESSAIM_PACK");
+    if ((env && !strcmp(env, "0")) || s->is_dir || !s->file.anon) return 0;
+    uint8_t *small = calloc(s->g.n_tensors + 1, 1);
+    s->packed = calloc(s->plan.n_frags + 1, 1);
+    size_t scratch_len = 0;
+    for (uint32_t t = 0; t < s->g.n_tensors; t++) {
+        const size_t b = 8 * (size_t)ess_row_size(s->g.tensors[t].type, s->g.tensors[t].ne[0]);
+        if (b > scratch_len) scratch_len = b;
+    }
+    void *scratch = malloc(scratch_len + 1);
+    uint32_t n = 0;
+    if (small && s->packed && scratch && !mprotect(s->file.anon, s->file.anon_len, PROT_READ | PROT_WRITE)) {
+        ess_model_mark_small(m, small);
+        for (uint32_t f = 0; f < s->plan.n_frags; f++) {
+            const ess_frag *fr = &s->plan.frags[f];
+            if (!s->frag_data[f]) continue;
+            for (uint32_t i = 0; i < fr->n_items; i++) {
+                const ess_frag_item *it = &s->plan.items[fr->first_item + i];
+                if (it->tensor == ESS_FRAG_NO_TENSOR || small[it->tensor]) continue;
+                const ess_gguf_tensor *t = &s->g.tensors[it->tensor];
+                if (!ess_pack_supported(k, t->type, ess_matmul_mode_of(t->type, t->ne[1], (int)t->n_dims))) continue;
+                if (ess_pack_rows(t->type, (uint8_t *)s->frag_data[f] + it->frag_offset, t->ne[0], (int64_t)(it->row1 - it->row0), scratch)) {
+                    s->packed[f] = 1;
+                    n++;
+                }
+            }
+        }
+        mprotect(s->file.anon, s->file.anon_len, PROT_READ); /* weights are never written again */
+    }
+    free(scratch);
+    free(small);
+    return n;
 }
 
 static void pool_parallel(void *ctx, void (*fn)(void *arg, int ith, int nth), void *arg) { ess_exec_parallel(ctx, fn, arg); }
@@ -170,6 +208,7 @@ int ess_engine_open(ess_engine *en, const char *path, int n_threads, const ess_d
         return -1;
     }
     ess_kernels_init(&en->k, ess_cpu_isa());
+    ess_source_pack(&en->src, &en->model, &en->k);
     if (ess_exec_init(&en->x, n_threads)) {
         snprintf(err, errlen, "cannot start %d threads", n_threads);
         return -1;
@@ -204,5 +243,5 @@ int ess_engine_eval(ess_engine *en, const int32_t *tokens, int n, char *err, siz
         snprintf(err, errlen, "%s", ess_driver_err(en->d));
         return rc;
     }
-    return ess_exec_run(en->x, en->d, &en->k, en->src.frag_data, err, errlen);
+    return ess_exec_run(en->x, en->d, &en->k, en->src.frag_data, en->src.packed, err, errlen);
 }

@@ -25,6 +25,7 @@ typedef struct {
     uint8_t *header;           /* directory: the GGUF header rebuilt from header fragments */
     int is_dir;
     uint64_t bytes;            /* bytes mapped (model size) */
+    uint8_t *packed;           /* (plan.n_frags) 1: the fragment's Q4_K items are packed (ess_source_pack) */
 } ess_source;
 
 /* Opens path (a .gguf file or a fragment directory). 0, or -1 with err naming the file
@@ -32,11 +33,19 @@ typedef struct {
 int ess_source_open(ess_source *s, const char *path, char *err, size_t errlen);
 void ess_source_close(ess_source *s);
 
+/* Rearranges in place, for the kernels of k, the items the executor multiplies whose type
+ * has a packed layout here (matmul.h, "Packed weights"; m says which tensors the driver
+ * reads itself). Only a .gguf read into memory is packed: a mapped file or a fragment
+ * directory stays as it is (same results, the GGUF-layout kernels). ESSAIM_PACK=0 turns
+ * it off. Returns the number of items packed. */
+#include "model.h"
+#include "quant.h"
+uint32_t ess_source_pack(ess_source *s, const ess_model *m, const ess_kernels *k);
+
 /* Everything `run` and `bench` need, opened in one call: the source, the model read
  * from its header, the kernel table for this CPU, a driver and a local thread pool. */
 #include "driver.h"
 #include "exec.h"
-#include "model.h"
 typedef struct {
     ess_source src;
     ess_model model;

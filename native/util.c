@@ -69,8 +69,8 @@ int ess_load_file(ess_map *m, const char *path, int *loaded, char *err, size_t e
     const char *env = getenv("ESSAIM_MMAP");
     struct stat st;
     if (loaded) *loaded = 0;
-    if ((env && *env && strcmp(env, "0")) || !thp_usable() || stat(path, &st) != 0 || !S_ISREG(st.st_mode) ||
-        st.st_size < (off_t)huge || (uint64_t)st.st_size + (256u << 20) > mem_available())
+    if ((env && *env && strcmp(env, "0")) || stat(path, &st) != 0 || !S_ISREG(st.st_mode) ||
+        (uint64_t)st.st_size + (256u << 20) > mem_available())
         return ess_map_file(m, path, err, errlen);
     memset(m, 0, sizeof *m);
     m->fd = -1;
@@ -88,7 +88,7 @@ int ess_load_file(ess_map *m, const char *path, int *loaded, char *err, size_t e
         return ess_map_file(m, path, err, errlen);
     }
     uint8_t *data = (uint8_t *)(((uintptr_t)base + huge - 1) & ~(uintptr_t)(huge - 1));
-    madvise(data, len - (size_t)(data - (uint8_t *)base), MADV_HUGEPAGE);
+    if (thp_usable()) madvise(data, len - (size_t)(data - (uint8_t *)base), MADV_HUGEPAGE);
     ess_progress pr;
     const int show = size >= (1u << 30);
     if (show) ess_progress_start(&pr, "loading", size);

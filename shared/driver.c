@@ -448,6 +448,7 @@ static int begin_embed(ess_driver *d) {
         r->w_offset = s->payload_off;
         r->wtype = t->type;
         r->ne0 = t->ne[0];
+        r->mm_mode = (uint32_t)ess_matmul_mode_of(t->type, t->ne[1], (int)t->n_dims); /* how a packing node stores it */
         r->rows = d->erows + start;
         r->n_tok = j - start;
         r->out = d->emb + (size_t)start * m->n_embd;

@@ -53,8 +53,9 @@ typedef struct {
     const void *act;      /* MATMUL: (n_tok, act_row_bytes), shared by the requests of a round */
     uint32_t act_type;    /* vec_dot_type of wtype */
     size_t act_row_bytes;
-    uint32_t mm_mode;     /* MATMUL: ess_matmul_mode, how llama.cpp multiplies this tensor
-                             (repacked Q4_0/Q4_K/Q2_K or plain dots): the same bits need it */
+    uint32_t mm_mode;     /* ess_matmul_mode of the tensor, how llama.cpp multiplies it (repacked
+                             Q4_0/Q4_K/Q2_K or plain dots): the same bits need it; ROWS: how a
+                             node that packs weights (matmul.h) stores it */
     const int32_t *rows;  /* ROWS: n_tok absolute row ids in [r0, r1) */
     int n_tok;
     float *out;           /* driver-owned: out[t*out_stride + c], c < out_cols */

@@ -204,3 +204,42 @@ void ess_matmul_quantize(const ess_kernels *k, uint32_t wtype, ess_matmul_mode m
     for (int t = 0; t < n_tok; t++)
         (t < n_gemm ? ess_quant_q8_K_4x8 : k->from_float[vt])(x + (size_t)t * (size_t)ne0, (uint8_t *)act + (size_t)t * arow, ne0);
 }
+
+/* ---- packed weights (see matmul.h; layout in pack.c, kernels in pack_avx2.c) */
+
+int ess_pack_supported(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode) {
+#if defined(__x86_64__)
+    return k->isa == ESS_ISA_AVX2 && wtype == ESS_TYPE_Q4_K && mode != ESS_MATMUL_VEC;
+#else
+    (void)k, (void)wtype, (void)mode;
+    return 0;
+#endif
+}
+
+void ess_matmul_packed(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode, const void *w, int64_t ne0,
+                       int64_t n_rows, const void *act, int n_tok, float *out, size_t out_stride) {
+    int64_t n_grp = 0; /* rows in whole groups, done here; the rest keep the GGUF layout */
+#if defined(__x86_64__)
+    if (ess_pack_supported(k, wtype, mode)) {
+        const size_t wrow = (size_t)ess_row_size(wtype, ne0), arow = (size_t)ess_row_size(ESS_TYPE_Q8_K, ne0);
+        const uint8_t *ab = act;
+        const int n_gemm = mode == ESS_MATMUL_REPACK ? n_tok - n_tok % 4 : 0;
+        n_grp = n_rows / 8 * 8;
+        for (int64_t r0 = 0; r0 < n_grp; r0 += 8) {
+            const uint8_t *grp = (const uint8_t *)w + (size_t)r0 * wrow;
+            int t = 0;
+            if (k->vnni)
+                for (; t + 8 <= n_gemm; t += 8)
+                    ess_gemm8_q4_K_x8_vnni((int)ne0, out + (size_t)t * out_stride + r0, out_stride, grp, ab + (size_t)t * arow, arow);
+            for (; t < n_gemm; t += 4)
+                ess_gemm4_q4_K_x8_avx2((int)ne0, out + (size_t)t * out_stride + r0, out_stride, grp, ab + (size_t)t * arow, arow);
+            for (; t < n_tok; t++) ess_gemv_q4_K_x8_avx2((int)ne0, out + (size_t)t * out_stride + r0, grp, ab + (size_t)t * arow);
+        }
+    }
+#endif
+    if (n_grp < n_rows) {
+        const size_t wrow = (size_t)ess_row_size(wtype, ne0);
+        ess_matmul_ex(k, wtype, mode, (const uint8_t *)w + (size_t)n_grp * wrow, ne0, n_rows - n_grp, act, n_tok, out + n_grp,
+                      out_stride);
+    }
+}

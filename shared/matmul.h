@@ -78,4 +78,29 @@ int ess_matmul_q8_0_tile_avx2(const void *w, int64_t ne0, int64_t n_rows, const 
 void ess_getrows(const ess_kernels *k, uint32_t wtype, const void *w, int64_t ne0, uint64_t row0,
                  const int32_t *rows, int n, float *out, size_t out_stride);
 
+/* ---- Packed weights
+ * A node that keeps weights in its own memory may rearrange them once for its kernels:
+ * Q4_K tensors that llama.cpp repacks (mode != ESS_MATMUL_VEC) are stored in groups of
+ * eight rows (layout in shared/pack.c), which the AVX2 kernels (pack_avx2.c) read with
+ * contiguous loads, summing across rows instead of within one. On packed bytes
+ * ess_matmul_packed gives the bits ess_matmul_ex gives on the GGUF bytes, for n_rows rows
+ * from the start of a packed group (the rows of a whole slice, or any 8-row multiple of
+ * them). Packing is local: fragments stored, hashed or sent keep the GGUF layout. */
+#define ESS_PACK_Q4_K_BLOCK 1152
+
+/* 1 when this build multiplies wtype packed in mode (x86_64 AVX2, Q4_K, not VEC). */
+int ess_pack_supported(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode);
+/* Packs the whole 8-row groups of n_rows rows at w in place; the n_rows % 8 last rows stay
+ * as they are. scratch: 8 * row_size bytes. Returns 1, or 0 (w unchanged) for a type or
+ * shape without a packed layout. */
+int ess_pack_rows(uint32_t wtype, void *w, int64_t ne0, int64_t n_rows, void *scratch);
+/* Row `row` of the n_rows packed rows at w, back in GGUF layout, into out (row_size bytes). */
+void ess_unpack_row(uint32_t wtype, const void *w, int64_t ne0, int64_t n_rows, int64_t row, void *out);
+/* ess_matmul_ex and ess_getrows on a slice of n_rows rows at w, packed by ess_pack_rows
+ * when ess_pack_supported(k, wtype, mode) and in GGUF layout otherwise. */
+void ess_matmul_packed(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode, const void *w, int64_t ne0,
+                       int64_t n_rows, const void *act, int n_tok, float *out, size_t out_stride);
+void ess_getrows_packed(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode, const void *w, int64_t ne0, uint64_t row0,
+                        int64_t n_rows, const int32_t *rows, int n, float *out, size_t out_stride);
+
 #endif

@@ -190,6 +190,13 @@ void ess_tile8_q4_K_q8_K_gemm_avx2(int n, float *s, size_t s_stride, const void 
 void ess_tile8x8_q4_K_q8_K_gemm_vnni(int n, float *s, size_t s_stride, const void *w, size_t wrow, const void *a, size_t arow);
 void ess_vec_dot_q2_K_q8_K_gemv_avx2(int n, float *s, const void *w, const void *a);
 void ess_vec_dot_q2_K_q8_K_gemm_avx2(int n, float *s, const void *w, const void *a);
+/* Q4_K packed in 8-row groups (pack.c): one group w against one gemv token (s[0..7]) or
+ * four gemm tokens (s[t * s_stride + r]), each output with the bits of the single-row
+ * _gemv / _gemm forms on the GGUF rows. */
+void ess_gemv_q4_K_x8_avx2(int n, float *s, const void *w, const void *a);
+void ess_gemm4_q4_K_x8_avx2(int n, float *s, size_t s_stride, const void *w, const void *a, size_t arow);
+/* eight gemm tokens, AVX512-VL/VNNI (only when ess_kernels.vnni) */
+void ess_gemm8_q4_K_x8_vnni(int n, float *s, size_t s_stride, const void *w, const void *a, size_t arow);
 #endif
 
 /* Round to the nearest integer, ties to even, as ggml's nearest_int does: adding

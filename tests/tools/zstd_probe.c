@@ -58,7 +58,7 @@ static int probe(const char *path) {
             ess_request *rq;
             int n;
             ess_driver_requests(en.d, &rq, &n);
-            if (ess_exec_round(en.x, &en.k, en.src.frag_data, rq, n, err, sizeof err)) { rc = 1; break; }
+            if (ess_exec_round(en.x, &en.k, en.src.frag_data, en.src.packed, rq, n, err, sizeof err)) { rc = 1; break; }
             for (int i = 0; i < n; i++) {
                 const ess_request *r = &rq[i];
                 /* decode steps only: one token, as most frames of a conversation are */

@@ -1,0 +1,96 @@
+/* pack.c - weights rearranged once at load for the kernels of this CPU (see matmul.h,
+ * "Packed weights"): the layout itself, portable C. The kernels are in pack_avx2.c.
+ *
+ * Q4_K, eight rows at a time. A group of eight GGUF rows (8 * row_size bytes) becomes, in
+ * the same bytes, n/256 packed blocks of 1152 bytes; block i holds block i of each row:
+ *
+ *   [0, 16)     d of the eight rows, fp16, in lane order L = 0 1 4 5 2 3 6 7
+ *   [16, 32)    dmin, same order
+ *   [32, 64)    bytes 0..3 of each row's 12 scale bytes, rows 0..7 (4 bytes a row)
+ *   [64, 96)    bytes 4..7, rows 0..7
+ *   [96, 128)   bytes 8..11, rows 0..7
+ *   [128, 1152) the quants: for chunk j < 4 (64 elements), quarter g < 4, half h < 2,
+ *               32 bytes = qs[32j + 8g .. +8] of rows 4h, 4h+1, 4h+2, 4h+3
+ *
+ * so that one 32-byte load gives eight quant bytes of four rows, the scales of eight rows
+ * unpack with a few vector operations, and the kernels' horizontal adds leave their sums
+ * in lane order L, where d and dmin already are. Rows past the last whole group keep
+ * the GGUF layout. Nothing here allocates. */
+#include <string.h>
+
+#include "matmul.h"
+#include "quant_impl.h"
+
+static const int lane_row[8] = {0, 1, 4, 5, 2, 3, 6, 7};
+
+static_assert(ESS_PACK_Q4_K_BLOCK == 8 * sizeof(ess_block_q4_K), "a packed block holds eight GGUF blocks in their bytes");
+
+static void pack_block_q4_K(uint8_t *o, const uint8_t *rows, size_t wrow, int64_t i) {
+    const ess_block_q4_K *x[8];
+    for (int r = 0; r < 8; r++) x[r] = (const ess_block_q4_K *)(rows + (size_t)r * wrow) + i;
+    for (int l = 0; l < 8; l++) {
+        memcpy(o + 2 * l, &x[lane_row[l]]->d, 2);
+        memcpy(o + 16 + 2 * l, &x[lane_row[l]]->dmin, 2);
+    }
+    for (int r = 0; r < 8; r++)
+        for (int w = 0; w < 3; w++) memcpy(o + 32 + 32 * w + 4 * r, x[r]->scales + 4 * w, 4);
+    for (int j = 0; j < 4; j++)
+        for (int g = 0; g < 4; g++)
+            for (int h = 0; h < 2; h++)
+                for (int q = 0; q < 4; q++)
+                    memcpy(o + 128 + ((j * 4 + g) * 2 + h) * 32 + q * 8, x[4 * h + q]->qs + 32 * j + 8 * g, 8);
+}
+
+static void unpack_block_q4_K(ess_block_q4_K *x, const uint8_t *o, int r) {
+    for (int l = 0; l < 8; l++)
+        if (lane_row[l] == r) {
+            memcpy(&x->d, o + 2 * l, 2);
+            memcpy(&x->dmin, o + 16 + 2 * l, 2);
+        }
+    for (int w = 0; w < 3; w++) memcpy(x->scales + 4 * w, o + 32 + 32 * w + 4 * r, 4);
+    for (int j = 0; j < 4; j++)
+        for (int g = 0; g < 4; g++)
+            memcpy(x->qs + 32 * j + 8 * g, o + 128 + ((j * 4 + g) * 2 + r / 4) * 32 + (r % 4) * 8, 8);
+}
+
+int ess_pack_rows(uint32_t wtype, void *w, int64_t ne0, int64_t n_rows, void *scratch) {
+    if (wtype != ESS_TYPE_Q4_K || ne0 % ESS_QK_K || n_rows < 8) return 0;
+    const size_t wrow = (size_t)ess_row_size(wtype, ne0);
+    for (int64_t r0 = 0; r0 + 8 <= n_rows; r0 += 8) {
+        uint8_t *grp = (uint8_t *)w + (size_t)r0 * wrow;
+        memcpy(scratch, grp, 8 * wrow);
+        for (int64_t i = 0; i < ne0 / ESS_QK_K; i++) pack_block_q4_K(grp + (size_t)i * ESS_PACK_Q4_K_BLOCK, scratch, wrow, i);
+    }
+    return 1;
+}
+
+void ess_unpack_row(uint32_t wtype, const void *w, int64_t ne0, int64_t n_rows, int64_t row, void *out) {
+    const size_t wrow = (size_t)ess_row_size(wtype, ne0);
+    if (wtype != ESS_TYPE_Q4_K || row >= n_rows / 8 * 8) {
+        memcpy(out, (const uint8_t *)w + (size_t)row * wrow, wrow);
+        return;
+    }
+    const uint8_t *grp = (const uint8_t *)w + (size_t)(row / 8 * 8) * wrow;
+    for (int64_t i = 0; i < ne0 / ESS_QK_K; i++)
+        unpack_block_q4_K((ess_block_q4_K *)out + i, grp + (size_t)i * ESS_PACK_Q4_K_BLOCK, (int)(row % 8));
+}
+
+void ess_getrows_packed(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode, const void *w, int64_t ne0, uint64_t row0,
+                        int64_t n_rows, const int32_t *rows, int n, float *out, size_t out_stride) {
+    const size_t wrow = (size_t)ess_row_size(wtype, ne0);
+    const int64_t n_grp = ess_pack_supported(k, wtype, mode) ? n_rows / 8 * 8 : 0;
+    for (int t = 0; t < n; t++) {
+        const int64_t r = (int64_t)((uint64_t)rows[t] - row0);
+        float *o = out + (size_t)t * out_stride;
+        if (r >= n_grp) {
+            k->to_float[wtype]((const uint8_t *)w + (size_t)r * wrow, o, ne0);
+            continue;
+        }
+        const uint8_t *grp = (const uint8_t *)w + (size_t)(r / 8 * 8) * wrow;
+        for (int64_t i = 0; i < ne0 / ESS_QK_K; i++) { /* a block at a time: no row buffer */
+            ess_block_q4_K b;
+            unpack_block_q4_K(&b, grp + (size_t)i * ESS_PACK_Q4_K_BLOCK, (int)(r % 8));
+            k->to_float[wtype](&b, o + i * ESS_QK_K, ESS_QK_K);
+        }
+    }
+}
