@@ -209,7 +209,7 @@ void ess_matmul_quantize(const ess_kernels *k, uint32_t wtype, ess_matmul_mode m
 
 int ess_pack_supported(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode) {
 #if defined(__x86_64__)
-    return k->isa == ESS_ISA_AVX2 && wtype == ESS_TYPE_Q4_K && mode != ESS_MATMUL_VEC;
+    return k->isa == ESS_ISA_AVX2 && ((wtype == ESS_TYPE_Q4_K && mode != ESS_MATMUL_VEC) || wtype == ESS_TYPE_Q8_0);
 #else
     (void)k, (void)wtype, (void)mode;
     return 0;
@@ -220,7 +220,16 @@ void ess_matmul_packed(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mod
                        int64_t n_rows, const void *act, int n_tok, float *out, size_t out_stride) {
     int64_t n_grp = 0; /* rows in whole groups, done here; the rest keep the GGUF layout */
 #if defined(__x86_64__)
-    if (ess_pack_supported(k, wtype, mode)) {
+    if (wtype == ESS_TYPE_Q8_0 && ess_pack_supported(k, wtype, mode)) {
+        /* prefill in register tiles where VNNI is, the packed gemv per token elsewhere */
+        if (n_tok > 1 && k->vnni && ess_matmul_q8_0_tile_packed(w, ne0, n_rows, act, n_tok, out, out_stride)) return;
+        const size_t wrow = (size_t)ess_row_size(wtype, ne0), arow = (size_t)ess_row_size(ESS_TYPE_Q8_0, ne0);
+        n_grp = n_rows / 8 * 8;
+        for (int64_t r0 = 0; r0 < n_grp; r0 += 8)
+            for (int t = 0; t < n_tok; t++)
+                ess_gemv_q8_0_x8_avx2((int)ne0, out + (size_t)t * out_stride + r0, (const uint8_t *)w + (size_t)r0 * wrow,
+                                      (const uint8_t *)act + (size_t)t * arow);
+    } else if (ess_pack_supported(k, wtype, mode)) {
         const size_t wrow = (size_t)ess_row_size(wtype, ne0), arow = (size_t)ess_row_size(ESS_TYPE_Q8_K, ne0);
         const uint8_t *ab = act;
         const int n_gemm = mode == ESS_MATMUL_REPACK ? n_tok - n_tok % 4 : 0;

@@ -72,6 +72,9 @@ ess_vec_dot_fn ess_matmul_dotg_avx2(uint32_t wtype, int64_t ne0);
  * wrote nothing) in builds without AVX2. */
 int ess_matmul_q8_0_tile_avx2(const void *w, int64_t ne0, int64_t n_rows, const void *act, int n_tok, float *out,
                               size_t out_stride);
+/* The same on rows packed by ess_pack_rows (whole 8-row groups, then GGUF rows). */
+int ess_matmul_q8_0_tile_packed(const void *w, int64_t ne0, int64_t n_rows, const void *act, int n_tok, float *out,
+                                size_t out_stride);
 
 /* Dequantizes rows of w: out[i*out_stride + c] = w[rows[i] - row0][c], c < ne0.
  *   w: the slice starting at row row0; rows: n absolute row ids, each in the slice. */
@@ -80,15 +83,18 @@ void ess_getrows(const ess_kernels *k, uint32_t wtype, const void *w, int64_t ne
 
 /* ---- Packed weights
  * A node that keeps weights in its own memory may rearrange them once for its kernels:
- * Q4_K tensors that llama.cpp repacks (mode != ESS_MATMUL_VEC) are stored in groups of
- * eight rows (layout in shared/pack.c), which the AVX2 kernels (pack_avx2.c) read with
- * contiguous loads, summing across rows instead of within one. On packed bytes
+ * Q4_K tensors that llama.cpp repacks (mode != ESS_MATMUL_VEC) and Q8_0 tensors are
+ * stored in groups of eight rows (layouts in shared/pack.c), which the AVX2 kernels
+ * (pack_avx2.c) read as one stream, Q4_K summing across rows instead of within one, Q8_0
+ * running eight rows' FMA chains side by side. On packed bytes
  * ess_matmul_packed gives the bits ess_matmul_ex gives on the GGUF bytes, for n_rows rows
  * from the start of a packed group (the rows of a whole slice, or any 8-row multiple of
  * them). Packing is local: fragments stored, hashed or sent keep the GGUF layout. */
 #define ESS_PACK_Q4_K_BLOCK 1152
+#define ESS_PACK_Q8_0_BLOCK 272
 
-/* 1 when this build multiplies wtype packed in mode (x86_64 AVX2, Q4_K, not VEC). */
+/* 1 when this build multiplies wtype packed in mode (x86_64 AVX2: Q4_K not in VEC mode,
+ * Q8_0). */
 int ess_pack_supported(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode);
 /* Packs the whole 8-row groups of n_rows rows at w in place; the n_rows % 8 last rows stay
  * as they are. scratch: 8 * row_size bytes. Returns 1, or 0 (w unchanged) for a type or

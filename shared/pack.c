@@ -14,8 +14,15 @@
  *
  * so that one 32-byte load gives eight quant bytes of four rows, the scales of eight rows
  * unpack with a few vector operations, and the kernels' horizontal adds leave their sums
- * in lane order L, where d and dmin already are. Rows past the last whole group keep
- * the GGUF layout. Nothing here allocates. */
+ * in lane order L, where d and dmin already are.
+ *
+ * Q8_0, eight rows at a time, block i of a group in 272 bytes: d of rows 0..7 (fp16), then
+ * the 32 quants of rows 0..7. The rows are then read as one stream: reading eight (or
+ * four) rows side by side in GGUF layout ran at a third of the speed of one row after the
+ * other on this project's AMD EPYC machine, and one row at a time leaves the CPU waiting on
+ * each row's FMA chain.
+ *
+ * Rows past the last whole group keep the GGUF layout. Nothing here allocates. */
 #include <string.h>
 
 #include "matmul.h"
@@ -24,6 +31,7 @@
 static const int lane_row[8] = {0, 1, 4, 5, 2, 3, 6, 7};
 
 static_assert(ESS_PACK_Q4_K_BLOCK == 8 * sizeof(ess_block_q4_K), "a packed block holds eight GGUF blocks in their bytes");
+static_assert(ESS_PACK_Q8_0_BLOCK == 8 * sizeof(ess_block_q8_0), "a packed block holds eight GGUF blocks in their bytes");
 
 static void pack_block_q4_K(uint8_t *o, const uint8_t *rows, size_t wrow, int64_t i) {
     const ess_block_q4_K *x[8];
@@ -53,26 +61,61 @@ static void unpack_block_q4_K(ess_block_q4_K *x, const uint8_t *o, int r) {
             memcpy(x->qs + 32 * j + 8 * g, o + 128 + ((j * 4 + g) * 2 + r / 4) * 32 + (r % 4) * 8, 8);
 }
 
+static void pack_block_q8_0(uint8_t *o, const uint8_t *rows, size_t wrow, int64_t i) {
+    for (int r = 0; r < 8; r++) {
+        const ess_block_q8_0 *x = (const ess_block_q8_0 *)(rows + (size_t)r * wrow) + i;
+        memcpy(o + 2 * r, &x->d, 2);
+        memcpy(o + 16 + 32 * r, x->qs, 32);
+    }
+}
+
+static void unpack_block_q8_0(ess_block_q8_0 *x, const uint8_t *o, int r) {
+    memcpy(&x->d, o + 2 * r, 2);
+    memcpy(x->qs, o + 16 + 32 * r, 32);
+}
+
+/* a type's packed layout: elements and bytes of a packed block (eight GGUF blocks) */
+typedef struct {
+    int qk;
+    size_t bytes;
+    void (*pack)(uint8_t *o, const uint8_t *rows, size_t wrow, int64_t i);
+} layout;
+
+static const layout *layout_of(uint32_t wtype) {
+    static const layout q4_K = {ESS_QK_K, ESS_PACK_Q4_K_BLOCK, pack_block_q4_K};
+    static const layout q8_0 = {ESS_QK8_0, ESS_PACK_Q8_0_BLOCK, pack_block_q8_0};
+    return wtype == ESS_TYPE_Q4_K ? &q4_K : wtype == ESS_TYPE_Q8_0 ? &q8_0 : NULL;
+}
+
+/* block i of row r (< 8) of a packed group, in GGUF layout */
+static void unpack_block(uint32_t wtype, void *out, const uint8_t *grp, int64_t i, int r) {
+    const layout *l = layout_of(wtype);
+    if (wtype == ESS_TYPE_Q4_K) unpack_block_q4_K(out, grp + (size_t)i * l->bytes, r);
+    else unpack_block_q8_0(out, grp + (size_t)i * l->bytes, r);
+}
+
 int ess_pack_rows(uint32_t wtype, void *w, int64_t ne0, int64_t n_rows, void *scratch) {
-    if (wtype != ESS_TYPE_Q4_K || ne0 % ESS_QK_K || n_rows < 8) return 0;
+    const layout *l = layout_of(wtype);
+    if (!l || ne0 % l->qk || n_rows < 8) return 0;
     const size_t wrow = (size_t)ess_row_size(wtype, ne0);
     for (int64_t r0 = 0; r0 + 8 <= n_rows; r0 += 8) {
         uint8_t *grp = (uint8_t *)w + (size_t)r0 * wrow;
         memcpy(scratch, grp, 8 * wrow);
-        for (int64_t i = 0; i < ne0 / ESS_QK_K; i++) pack_block_q4_K(grp + (size_t)i * ESS_PACK_Q4_K_BLOCK, scratch, wrow, i);
+        for (int64_t i = 0; i < ne0 / l->qk; i++) l->pack(grp + (size_t)i * l->bytes, scratch, wrow, i);
     }
     return 1;
 }
 
 void ess_unpack_row(uint32_t wtype, const void *w, int64_t ne0, int64_t n_rows, int64_t row, void *out) {
+    const layout *l = layout_of(wtype);
     const size_t wrow = (size_t)ess_row_size(wtype, ne0);
-    if (wtype != ESS_TYPE_Q4_K || row >= n_rows / 8 * 8) {
+    if (!l || row >= n_rows / 8 * 8) {
         memcpy(out, (const uint8_t *)w + (size_t)row * wrow, wrow);
         return;
     }
     const uint8_t *grp = (const uint8_t *)w + (size_t)(row / 8 * 8) * wrow;
-    for (int64_t i = 0; i < ne0 / ESS_QK_K; i++)
-        unpack_block_q4_K((ess_block_q4_K *)out + i, grp + (size_t)i * ESS_PACK_Q4_K_BLOCK, (int)(row % 8));
+    const size_t gguf_block = (size_t)ess_row_size(wtype, l->qk);
+    for (int64_t i = 0; i < ne0 / l->qk; i++) unpack_block(wtype, (uint8_t *)out + (size_t)i * gguf_block, grp, i, (int)(row % 8));
 }
 
 void ess_getrows_packed(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode, const void *w, int64_t ne0, uint64_t row0,
@@ -86,11 +129,12 @@ void ess_getrows_packed(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mo
             k->to_float[wtype]((const uint8_t *)w + (size_t)r * wrow, o, ne0);
             continue;
         }
+        const layout *l = layout_of(wtype);
         const uint8_t *grp = (const uint8_t *)w + (size_t)(r / 8 * 8) * wrow;
-        for (int64_t i = 0; i < ne0 / ESS_QK_K; i++) { /* a block at a time: no row buffer */
-            ess_block_q4_K b;
-            unpack_block_q4_K(&b, grp + (size_t)i * ESS_PACK_Q4_K_BLOCK, (int)(r % 8));
-            k->to_float[wtype](&b, o + i * ESS_QK_K, ESS_QK_K);
+        for (int64_t i = 0; i < ne0 / l->qk; i++) { /* a block at a time: no row buffer */
+            uint8_t b[sizeof(ess_block_q4_K)];
+            unpack_block(wtype, b, grp, i, (int)(r % 8));
+            k->to_float[wtype](b, o + i * l->qk, l->qk);
         }
     }
 }

@@ -20,7 +20,9 @@
 #include <immintrin.h>
 
 /* The prefetch distance of the gemv, as for the GGUF-layout one (quant_repack_avx2.c). */
+#ifndef PF_DIST
 #define PF_DIST 3072
+#endif
 
 typedef struct {
     __m256i sc[2][2]; /* [sub-blocks 0..3 / 4..7][row half]: scale bytes, 4 per row, that half's rows in both 128-bit lanes */
@@ -207,6 +209,43 @@ void ess_gemm4_q4_K_x8_avx2(int n, float *s, size_t s_stride, const void *vw, co
     }
     #pragma GCC unroll 8
     for (int t = 0; t < 4; t++) store_rows(s + (size_t)t * s_stride, _mm256_sub_ps(acc[t], accm[t]));
+}
+
+/* ------------------------------------------------------------------------ Q8_0 ---- */
+
+/* signed x signed bytes as the legacy dots do it (matmul_avx2.c's dot_i8): the same integers */
+static inline __m256 q8_dot(__m256i x, __m256i y) {
+    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
+}
+/* high half + low half, then pairs: ggml's hsum_float_8 */
+static inline float hsum_hi_lo(__m256 x) {
+    __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    return _mm_cvtss_f32(r);
+}
+
+/* Eight Q8_0 rows of a packed group against one token, s[0..7]: per row the operations of
+ * the Q8_0 dot (ess_matmul_dot1_avx2), eight FMA chains side by side. */
+void ess_gemv_q8_0_x8_avx2(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *b = vw;
+    const ess_block_q8_0 *a = va;
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+    for (int i = 0; i < n / ESS_QK8_0; i++, b += ESS_PACK_Q8_0_BLOCK) {
+#pragma GCC unroll 5
+        for (int p = 0; p < ESS_PACK_Q8_0_BLOCK; p += 64) _mm_prefetch((const char *)b + PF_DIST + p, _MM_HINT_T0);
+        const __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        float dd[8];
+        _mm256_storeu_ps(dd, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b)), _mm256_set1_ps(_cvtsh_ss(a[i].d))));
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; r++)
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dd[r]), q8_dot(_mm256_loadu_si256((const __m256i *)(b + 16 + 32 * r)), qa), acc[r]);
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++) s[r] = hsum_hi_lo(acc[r]);
 }
 
 /* ---- AVX512-VL/VNNI on 256-bit registers: eight gemm tokens per pass.

@@ -9,7 +9,8 @@
 # tests/ref/ref.mjs: within 1e-3 max abs for F32/F16 models, 1e-2 for quantized ones. On the
 # trained stories models it also checks greedy output is identical for 64 tokens, and that a
 # fragment directory (essaim fragment, small fragments) gives exactly the .gguf's logits (the
-# .gguf runs with Q4_K packed in memory, the directory in GGUF layout: synthetic Q4_K too).
+# .gguf runs with Q4_K and Q8_0 packed in memory, the directory in GGUF layout: synthetic
+# Q4_K and Q8_0 models too).
 # Prompt token ids come from llama.cpp, so this tests the engine, not the tokenizer.
 # Last line: "engine_vs_llama: N passed, N failed".
 #
@@ -111,8 +112,8 @@ synth() {
     out="$TMP/$name-$type.gguf"
     if ! "$BIN" synth -o "$out" --type "$type" "$@" >/dev/null 2>"$TMP/synth.err"; then ko "" "synth $name $type: $(tail -1 "$TMP/synth.err")"; return; fi
     logits "$out" "synth $name $type" "$tol"
-    # Q4_K is packed in memory when run from a .gguf, never in a fragment directory
-    case $type in Q4_K*) fragdir "$out" "$name" ;; esac  # logits set name to "synth NAME TYPE"
+    # Q4_K and Q8_0 are packed in memory when run from a .gguf, never in a fragment directory
+    case $type in Q4_K*|Q8_0) fragdir "$out" "$name" ;; esac  # logits set name to "synth NAME TYPE"
     rm -f "$out"
 }
 TINY="--preset tinyllama-1.1b --layers 2 --embd 256 --heads 8 --kv-heads 2 --ff 512 --vocab-size 512 --ctx 256"

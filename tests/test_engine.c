@@ -488,58 +488,68 @@ ESS_TEST(matmul_repack_mirrors_llama_gemm_gemv) {
     free(wf); free(af); free(w); free(a);
 }
 
-/* Packed Q4_K (shared/pack.c): packing then unpacking gives every row's bytes back; on
- * packed bytes ess_matmul_packed gives for every row and token the bits ess_matmul_ex
- * gives on the GGUF bytes (gemm tokens, gemv tokens, experts; whole groups and the tail
- * rows; the whole slice and a slice starting at its second group), and
+/* Packed weights (shared/pack.c), Q4_K and Q8_0: packing then unpacking gives every
+ * row's bytes back; on packed bytes ess_matmul_packed gives for every row and token the
+ * bits ess_matmul_ex gives on the GGUF bytes (Q4_K: gemm tokens, gemv tokens, experts;
+ * Q8_0: decode, the VNNI tiles and the per-token gemv of CPUs without them; whole groups
+ * and tail rows; the whole slice and a slice starting at its second group), and
  * ess_getrows_packed the rows ess_getrows gives. */
-ESS_TEST(matmul_packed_q4_K_same_bits) {
+ESS_TEST(matmul_packed_same_bits) {
+    static const uint32_t types[] = {ESS_TYPE_Q4_K, ESS_TYPE_Q8_0};
     ess_rng r;
     ess_rng_seed(&r, 43);
     const int64_t ne0 = 768;
     enum { ROWS = 19, NT = 11 };
-    const uint32_t t = ESS_TYPE_Q4_K;
-    const size_t wr = ess_row_size(t, ne0), ar = ess_row_size(ESS_TYPE_Q8_K, ne0);
     float *wf = malloc(sizeof(float) * ne0 * ROWS), *af = malloc(sizeof(float) * ne0 * NT);
     float want[NT * ROWS], got[NT * ROWS], rw[3 * 768], rg[3 * 768];
-    uint8_t *w = malloc(wr * ROWS), *p = malloc(wr * ROWS), *a = malloc(ar * NT), *scratch = malloc(8 * wr), *row = malloc(wr);
+    const size_t cap = ess_row_size(ESS_TYPE_Q8_0, ne0) + ess_row_size(ESS_TYPE_Q8_K, ne0);
+    uint8_t *w = malloc(cap * ROWS), *p = malloc(cap * ROWS), *a = malloc(cap * NT), *scratch = malloc(8 * cap), *row = malloc(cap);
     ESS_CHECK(wf && af && w && p && a && scratch && row);
     fill(&r, wf, (size_t)ne0 * ROWS, 1);
     fill(&r, af, (size_t)ne0 * NT, 2);
-    for (int i = 0; i < ROWS; i++) ess_ref_from_float(t)(wf + i * ne0, w + i * wr, ne0);
-    memcpy(p, w, wr * ROWS);
-    ESS_CHECK_EQ_INT(ess_pack_rows(t, p, ne0, ROWS, scratch), 1);
-    ESS_CHECK(memcmp(p, w, wr * 16) != 0);
-    ESS_CHECK(!memcmp(p + 16 * wr, w + 16 * wr, 3 * wr)); /* the tail keeps its layout */
-    for (int i = 0; i < ROWS; i++) {
-        ess_unpack_row(t, p, ne0, ROWS, i, row);
-        ESS_CHECK_MSG(!memcmp(row, w + i * wr, wr), "row %d does not unpack to its bytes", i);
-    }
-    ESS_CHECK_EQ_INT(ess_pack_rows(ESS_TYPE_Q6_K, row, 256, 8, scratch), 0);
-    if (ess_cpu_isa() == ESS_ISA_AVX2) {
+    for (size_t ti = 0; ti < sizeof types / sizeof types[0]; ti++) {
+        const uint32_t t = types[ti];
+        const size_t wr = ess_row_size(t, ne0);
+        for (int i = 0; i < ROWS; i++) ess_ref_from_float(t)(wf + i * ne0, w + i * wr, ne0);
+        memcpy(p, w, wr * ROWS);
+        ESS_CHECK_EQ_INT(ess_pack_rows(t, p, ne0, ROWS, scratch), 1);
+        ESS_CHECK(memcmp(p, w, wr * 16) != 0);
+        ESS_CHECK(!memcmp(p + 16 * wr, w + 16 * wr, 3 * wr)); /* the tail keeps its layout */
+        for (int i = 0; i < ROWS; i++) {
+            ess_unpack_row(t, p, ne0, ROWS, i, row);
+            ESS_CHECK_MSG(!memcmp(row, w + i * wr, wr), "%s row %d does not unpack to its bytes", ess_type_info(t)->name, i);
+        }
+        if (ess_cpu_isa() != ESS_ISA_AVX2) continue;
         ess_kernels k;
         ess_kernels_init(&k, ESS_ISA_AVX2);
-        ESS_CHECK(ess_pack_supported(&k, t, ESS_MATMUL_REPACK) && !ess_pack_supported(&k, t, ESS_MATMUL_VEC));
-        for (int mode = ESS_MATMUL_REPACK; mode <= ESS_MATMUL_REPACK_GEMV; mode++)
-            for (int nt = 1; nt <= NT; nt += nt < 5 ? 1 : 3) {
-                ess_matmul_quantize(&k, t, (ess_matmul_mode)mode, af, nt, ne0, a);
-                ess_matmul_ex(&k, t, (ess_matmul_mode)mode, w, ne0, ROWS, a, nt, want, ROWS);
-                ess_matmul_packed(&k, t, (ess_matmul_mode)mode, p, ne0, ROWS, a, nt, got, ROWS);
-                for (int tk = 0; tk < nt; tk++)
-                    for (int i = 0; i < ROWS; i++)
-                        ESS_CHECK_MSG(same_bits(got[tk * ROWS + i], want[tk * ROWS + i]), "mode %d n_tok %d row %d token %d: %.9g vs %.9g",
-                                      mode, nt, i, tk, got[tk * ROWS + i], want[tk * ROWS + i]);
-                /* rows [0, 8) and [8, 19) as two chunks of the executor */
-                ess_matmul_packed(&k, t, (ess_matmul_mode)mode, p, ne0, 8, a, nt, got, ROWS);
-                ess_matmul_packed(&k, t, (ess_matmul_mode)mode, p + 8 * wr, ne0, 11, a, nt, got + 8, ROWS);
-                for (int tk = 0; tk < nt; tk++)
-                    for (int i = 0; i < ROWS; i++) ESS_CHECK(same_bits(got[tk * ROWS + i], want[tk * ROWS + i]));
-            }
+        const int first_mode = t == ESS_TYPE_Q8_0 ? ESS_MATMUL_VEC : ESS_MATMUL_REPACK;
+        const int last_mode = t == ESS_TYPE_Q8_0 ? ESS_MATMUL_VEC : ESS_MATMUL_REPACK_GEMV;
+        ESS_CHECK(ess_pack_supported(&k, t, (ess_matmul_mode)first_mode));
+        for (int vnni = 0; vnni <= k.vnni; vnni++) {
+            ess_kernels kv = k;
+            kv.vnni = vnni;
+            for (int mode = first_mode; mode <= last_mode; mode++)
+                for (int nt = 1; nt <= NT; nt += nt < 5 ? 1 : 3) {
+                    ess_matmul_quantize(&kv, t, (ess_matmul_mode)mode, af, nt, ne0, a);
+                    ess_matmul_ex(&kv, t, (ess_matmul_mode)mode, w, ne0, ROWS, a, nt, want, ROWS);
+                    ess_matmul_packed(&kv, t, (ess_matmul_mode)mode, p, ne0, ROWS, a, nt, got, ROWS);
+                    for (int tk = 0; tk < nt; tk++)
+                        for (int i = 0; i < ROWS; i++)
+                            ESS_CHECK_MSG(same_bits(got[tk * ROWS + i], want[tk * ROWS + i]), "%s vnni %d mode %d n_tok %d row %d token %d: %.9g vs %.9g",
+                                          ess_type_info(t)->name, vnni, mode, nt, i, tk, got[tk * ROWS + i], want[tk * ROWS + i]);
+                    /* rows [0, 8) and [8, 19) as two chunks of the executor */
+                    ess_matmul_packed(&kv, t, (ess_matmul_mode)mode, p, ne0, 8, a, nt, got, ROWS);
+                    ess_matmul_packed(&kv, t, (ess_matmul_mode)mode, p + 8 * wr, ne0, 11, a, nt, got + 8, ROWS);
+                    for (int tk = 0; tk < nt; tk++)
+                        for (int i = 0; i < ROWS; i++) ESS_CHECK(same_bits(got[tk * ROWS + i], want[tk * ROWS + i]));
+                }
+        }
         const int32_t ids[3] = {105, 111, 117}; /* rows 5, 11 (packed groups) and 17 (tail) of a slice at row 100 */
         ess_getrows(&k, t, w, ne0, 100, ids, 3, rw, 768);
-        ess_getrows_packed(&k, t, ESS_MATMUL_REPACK, p, ne0, 100, ROWS, ids, 3, rg, 768);
+        ess_getrows_packed(&k, t, (ess_matmul_mode)first_mode, p, ne0, 100, ROWS, ids, 3, rg, 768);
         ESS_CHECK(!memcmp(rw, rg, sizeof rw));
     }
+    ESS_CHECK_EQ_INT(ess_pack_rows(ESS_TYPE_Q6_K, row, 256, 8, scratch), 0);
     free(wf); free(af); free(w); free(p); free(a); free(scratch); free(row);
 }
 
