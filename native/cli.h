@@ -37,6 +37,11 @@ int ess_map_file(ess_map *m, const char *path, char *err, size_t errlen);
  * (4 KB pages then); falls back to ess_map_file when the file would not fit in available
  * memory or ESSAIM_MMAP=1 is set; `loaded` (may be NULL) says which happened. */
 int ess_load_file(ess_map *m, const char *path, int *loaded, char *err, size_t errlen);
+/* The memory ess_load_file reads into: size bytes of anonymous memory from a 2 MB
+ * boundary, in huge pages where THP is on, readable and writable (m->anon, m->anon_len;
+ * ess_unmap frees it). 0, or -1 (m empty) when ESSAIM_MMAP=1 asks for mappings, the size
+ * would not fit in available memory, or mmap fails. */
+int ess_anon_weights(ess_map *m, uint64_t size);
 void ess_unmap(ess_map *m);
 /* Tells the kernel the bytes [off, off+len) of a mapping are no longer needed, so that
  * streaming over a huge file keeps resident memory flat. */

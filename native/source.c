@@ -137,6 +137,34 @@ out:
     return rc;
 }
 
+/* A directory's payloads copied into one region of huge-page memory, as a .gguf is read
+ * (ess_load_file): decode streams them once per token, faster from huge pages than from
+ * many 10 MB mappings, and a copy can be packed (ess_source_pack). The fragment files are
+ * unmapped after; without the memory (ess_anon_weights) they stay mapped and are used in
+ * place. Payloads start 64-byte aligned in the region. */
+static void dir_to_memory(ess_source *s) {
+    uint64_t total = 0;
+    for (uint32_t f = 0; f < s->plan.n_frags; f++)
+        if (s->frag_data[f]) total += (s->plan.frags[f].payload_bytes + 63) & ~(uint64_t)63;
+    if (!total || ess_anon_weights(&s->file, total)) return;
+    ess_progress pr;
+    const int show = total >= (1u << 30);
+    if (show) ess_progress_start(&pr, "loading", total);
+    uint8_t *dst = (uint8_t *)s->file.data;
+    for (uint32_t f = 0; f < s->plan.n_frags; f++) {
+        if (!s->frag_data[f]) continue;
+        const uint64_t n = s->plan.frags[f].payload_bytes;
+        memcpy(dst, s->frag_data[f], n);
+        s->frag_data[f] = dst;
+        dst += (n + 63) & ~(uint64_t)63;
+        ess_unmap(&s->maps[f]);
+        if (show) ess_progress_add(&pr, n);
+    }
+    if (show) ess_progress_end(&pr);
+    for (uint32_t i = 0; i < s->n_maps; i++) ess_unmap(&s->maps[i]); /* header fragments: s->header has their bytes */
+    mprotect(s->file.anon, s->file.anon_len, PROT_READ);
+}
+
 int ess_source_open(ess_source *s, const char *path, char *err, size_t errlen) {
     struct stat st;
     memset(s, 0, sizeof *s);
@@ -145,7 +173,10 @@ int ess_source_open(ess_source *s, const char *path, char *err, size_t errlen) {
         snprintf(err, errlen, "%s: no such file or directory", path);
         return -1;
     }
-    return S_ISDIR(st.st_mode) ? open_dir(s, path, err, errlen) : open_gguf(s, path, err, errlen);
+    if (!S_ISDIR(st.st_mode)) return open_gguf(s, path, err, errlen);
+    if (open_dir(s, path, err, errlen)) return -1;
+    dir_to_memory(s);
+    return 0;
 }
 
 void ess_source_close(ess_source *s) {
@@ -155,7 +186,7 @@ void ess_source_close(ess_source *s) {
     free(s->frag_data);
     free(s->packed);
     if (s->maps)
-        for (uint32_t i = 0; i < s->n_maps; i++) if (s->maps[i].data) ess_unmap(&s->maps[i]);
+        for (uint32_t i = 0; i < s->n_maps; i++) ess_unmap(&s->maps[i]);
     free(s->maps);
     if (s->file.data) ess_unmap(&s->file);
     free(s->header);
@@ -164,7 +195,7 @@ void ess_source_close(ess_source *s) {
 
 uint32_t ess_source_pack(ess_source *s, const ess_model *m, const ess_kernels *k) {
     const char *env = getenv("ESSAIM_PACK");
-    if ((env && !strcmp(env, "0")) || s->is_dir || !s->file.anon) return 0;
+    if ((env && !strcmp(env, "0")) || !s->file.anon) return 0;
     uint8_t *small = calloc(s->g.n_tensors + 1, 1);
     s->packed = calloc(s->plan.n_frags + 1, 1);
     size_t scratch_len = 0;

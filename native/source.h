@@ -4,8 +4,9 @@
  * not possible) and run with ess_fragplan_whole (each tensor one big fragment, used in
  * place). A fragment directory (made by `essaim fragment`) is read through
  * its manifest.json: every <id>.esf is mapped, the GGUF header is rebuilt from the header
- * fragments, and ess_fragplan_build with the manifest's max_size gives back the plan, so
- * both give the driver the same thing: a parsed header, a plan, and the payload of each
+ * fragments, ess_fragplan_build with the manifest's max_size gives back the plan, and the
+ * payloads are copied into one huge-page region (kept mapped where that is not possible),
+ * so both give the driver the same thing: a parsed header, a plan, and the payload of each
  * fragment in memory. POSIX glue, not core.
  * Ownership: the source owns its mappings, the header copy, the plan and the table. */
 #ifndef ESS_SOURCE_H
@@ -19,7 +20,7 @@ typedef struct {
     ess_gguf g;
     ess_fragplan plan;
     const uint8_t **frag_data; /* (plan.n_frags) payload of each fragment, NULL for header fragments */
-    ess_map file;              /* the .gguf */
+    ess_map file;              /* the .gguf, or the region holding a directory's payloads */
     ess_map *maps;             /* (plan.n_frags) fragment files of a directory */
     uint32_t n_maps;
     uint8_t *header;           /* directory: the GGUF header rebuilt from header fragments */
@@ -35,9 +36,9 @@ void ess_source_close(ess_source *s);
 
 /* Rearranges in place, for the kernels of k, the items the executor multiplies whose type
  * has a packed layout here (matmul.h, "Packed weights"; m says which tensors the driver
- * reads itself). Only a .gguf read into memory is packed: a mapped file or a fragment
- * directory stays as it is (same results, the GGUF-layout kernels). ESSAIM_PACK=0 turns
- * it off. Returns the number of items packed. */
+ * reads itself). Only weights read into memory are packed: a mapped file stays as it is
+ * (same results, the GGUF-layout kernels). ESSAIM_PACK=0 turns it off. Returns the number
+ * of items packed. */
 #include "model.h"
 #include "quant.h"
 uint32_t ess_source_pack(ess_source *s, const ess_model *m, const ess_kernels *k);

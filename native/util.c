@@ -64,31 +64,38 @@ static uint64_t mem_available(void) {
     return kb * 1024;
 }
 
-int ess_load_file(ess_map *m, const char *path, int *loaded, char *err, size_t errlen) {
+int ess_anon_weights(ess_map *m, uint64_t size) {
     const size_t huge = 2u << 20;
     const char *env = getenv("ESSAIM_MMAP");
-    struct stat st;
-    if (loaded) *loaded = 0;
-    if ((env && *env && strcmp(env, "0")) || stat(path, &st) != 0 || !S_ISREG(st.st_mode) ||
-        (uint64_t)st.st_size + (256u << 20) > mem_available())
-        return ess_map_file(m, path, err, errlen);
     memset(m, 0, sizeof *m);
     m->fd = -1;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
-        return -1;
-    }
-    const uint64_t size = (uint64_t)st.st_size;
+    if ((env && *env && strcmp(env, "0")) || size + (256u << 20) > mem_available()) return -1;
     /* one huge page of slack to start on a 2 MB boundary */
     const size_t len = (size_t)((size + huge - 1) / huge * huge) + huge;
     void *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (base == MAP_FAILED) {
-        close(fd);
-        return ess_map_file(m, path, err, errlen);
-    }
+    if (base == MAP_FAILED) return -1;
     uint8_t *data = (uint8_t *)(((uintptr_t)base + huge - 1) & ~(uintptr_t)(huge - 1));
     if (thp_usable()) madvise(data, len - (size_t)(data - (uint8_t *)base), MADV_HUGEPAGE);
+    m->data = data;
+    m->size = size;
+    m->anon = base;
+    m->anon_len = len;
+    return 0;
+}
+
+int ess_load_file(ess_map *m, const char *path, int *loaded, char *err, size_t errlen) {
+    struct stat st;
+    if (loaded) *loaded = 0;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || ess_anon_weights(m, (uint64_t)st.st_size))
+        return ess_map_file(m, path, err, errlen);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+        ess_unmap(m);
+        return -1;
+    }
+    const uint64_t size = m->size;
+    uint8_t *data = (uint8_t *)m->data;
     ess_progress pr;
     const int show = size >= (1u << 30);
     if (show) ess_progress_start(&pr, "loading", size);
@@ -100,7 +107,7 @@ int ess_load_file(ess_map *m, const char *path, int *loaded, char *err, size_t e
             snprintf(err, errlen, "%s: read failed at byte %llu of %llu: %s", path, (unsigned long long)off,
                      (unsigned long long)size, got < 0 ? strerror(errno) : "file shrank while reading");
             close(fd);
-            munmap(base, len);
+            ess_unmap(m);
             return -1;
         }
         off += (uint64_t)got;
@@ -108,11 +115,7 @@ int ess_load_file(ess_map *m, const char *path, int *loaded, char *err, size_t e
     }
     if (show) ess_progress_end(&pr);
     close(fd);
-    mprotect(base, len, PROT_READ); /* weights are never written */
-    m->data = data;
-    m->size = size;
-    m->anon = base;
-    m->anon_len = len;
+    mprotect(m->anon, m->anon_len, PROT_READ); /* weights are not written after this (ess_source_pack unprotects) */
     if (loaded) *loaded = 1;
     return 0;
 }

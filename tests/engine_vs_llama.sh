@@ -8,9 +8,9 @@
 # position of a fixed prompt (F32 KV cache, flash attention off on both sides) with
 # tests/ref/ref.mjs: within 1e-3 max abs for F32/F16 models, 1e-2 for quantized ones. On the
 # trained stories models it also checks greedy output is identical for 64 tokens, and that a
-# fragment directory (essaim fragment, small fragments) gives exactly the .gguf's logits (the
-# .gguf runs with Q4_K and Q8_0 packed in memory, the directory in GGUF layout: synthetic
-# Q4_K and Q8_0 models too).
+# fragment directory (essaim fragment, small fragments) gives exactly the .gguf's logits,
+# also with ESSAIM_PACK=0 (Q4_K and Q8_0 are packed in memory by default, kept in GGUF
+# layout then: synthetic Q4_K and Q8_0 models too).
 # Prompt token ids come from llama.cpp, so this tests the engine, not the tokenizer.
 # Last line: "engine_vs_llama: N passed, N failed".
 #
@@ -85,6 +85,10 @@ fragdir() {
     if ! "$BIN" run "$dir" --tokens "$toks" --dump-logits "$TMP/b.json" -t 2 2>"$TMP/b.err"; then ko "" "$name fragment dir: $(tail -1 "$TMP/b.err")"; return; fi
     if cmp -s "$TMP/a.json" "$TMP/b.json"; then ok "" "$name fragment dir ($(ls "$dir" | grep -c esf) fragments) = .gguf, bit for bit"
     else ko "" "$name fragment dir logits differ from the .gguf's"; fi
+    # the same directory with its weights in GGUF layout (not packed in memory)
+    if ! ESSAIM_PACK=0 "$BIN" run "$dir" --tokens "$toks" --dump-logits "$TMP/c.json" -t 2 2>"$TMP/b.err"; then ko "" "$name fragment dir unpacked: $(tail -1 "$TMP/b.err")"; return; fi
+    if cmp -s "$TMP/a.json" "$TMP/c.json"; then ok "" "$name fragment dir unpacked = packed .gguf, bit for bit"
+    else ko "" "$name unpacked fragment dir logits differ from the packed .gguf's"; fi
 }
 
 echo "engine_vs_llama: models in $MODELS"
