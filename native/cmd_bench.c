@@ -158,6 +158,10 @@ int ess_cmd_bench(int argc, char **argv) {
     printf("model     %s (%s, %s, %d layers, n_embd %d)\n", model, en.model.arch_name,
            ess_fmt_bytes(en.src.bytes, mb, sizeof mb), en.model.n_layer, en.model.n_embd);
     printf("threads   %ld\n", threads);
+    if (en.src.file.anon)
+        printf("weights   in memory, %u tensor slices packed in 8-row groups (ESSAIM_PACK=0: GGUF layout)\n", en.src.n_packed);
+    else
+        printf("weights   mapped from the file (ESSAIM_MMAP=1, or too large for available memory)\n");
     printf("essaim    prefill %4ld tokens: %9.2f tok/s   decode %4ld tokens: %8.2f tok/s   (%llu rounds/token)\n", pp, best_pp,
            tg, best_tg, (unsigned long long)rounds_tg);
     fflush(stdout);

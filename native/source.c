@@ -225,7 +225,7 @@ uint32_t ess_source_pack(ess_source *s, const ess_model *m, const ess_kernels *k
     }
     free(scratch);
     free(small);
-    return n;
+    return s->n_packed = n;
 }
 
 static void pool_parallel(void *ctx, void (*fn)(void *arg, int ith, int nth), void *arg) { ess_exec_parallel(ctx, fn, arg); }

@@ -27,6 +27,7 @@ typedef struct {
     int is_dir;
     uint64_t bytes;            /* bytes mapped (model size) */
     uint8_t *packed;           /* (plan.n_frags) 1: the fragment's Q4_K items are packed (ess_source_pack) */
+    uint32_t n_packed;         /* items packed */
 } ess_source;
 
 /* Opens path (a .gguf file or a fragment directory). 0, or -1 with err naming the file

@@ -144,6 +144,21 @@ if "$BIN" synth --help >/dev/null 2>&1; then
     # Llama 3.1+ rope scaling: rope_freqs.weight divides each frequency (llama.cpp's freq_factors)
     synth rope-freqs F32 1e-3 $TINY --rope-freqs
     synth rope-freqs Q4_K_M 1e-2 $TINY --rope-freqs
+    # essaim bench (issue 3 item 8): both sides' figures and ratios, and the weights'
+    # layout; speed is reported, never asserted
+    if "$BIN" synth -o "$TMP/bench.gguf" --type Q4_K_M $TINY >/dev/null 2>&1 &&
+        "$BIN" bench "$TMP/bench.gguf" -t 1 -p 16 -n 8 >"$TMP/bench.out" 2>&1 &&
+        ESSAIM_PACK=0 "$BIN" bench "$TMP/bench.gguf" -t 1 -p 16 -n 8 --no-ref >"$TMP/bench0.out" 2>&1 &&
+        grep -qE '^essaim +prefill +16 tokens: +[0-9.]+ tok/s +decode +8 tokens: +[0-9.]+ tok/s' "$TMP/bench.out" &&
+        grep -qE '^llama.cpp prefill +16 tokens: +[0-9.]+ tok/s' "$TMP/bench.out" &&
+        grep -qE '^ratio +prefill [0-9.]+x +decode [0-9.]+x' "$TMP/bench.out" &&
+        grep -qE '^weights +in memory, [1-9][0-9]* tensor slices packed' "$TMP/bench.out" &&
+        grep -qE '^weights +in memory, 0 tensor slices packed' "$TMP/bench0.out" &&
+        grep -qE '^llama.cpp \(not run: --no-ref\)' "$TMP/bench0.out"; then
+        ok "" "bench: $(grep -E '^ratio' "$TMP/bench.out")"
+    else
+        ko "" "bench output: $(cat "$TMP/bench.out" "$TMP/bench0.out" 2>/dev/null | tr '\n' '|')"
+    fi
 else
     echo "engine_vs_llama: essaim synth unavailable; synthetic models skipped"
 fi
