@@ -1,6 +1,8 @@
-/* pack_avx2.c - Q4_K kernels on packed weights (layout in pack.c), eight rows at a time.
+/* pack_avx2.c - kernels on packed weights (layouts in pack.c), eight rows at a time:
+ * Q4_K gemv, 4-token AVX2 gemm and 8-token AVX512-VNNI gemm; the Q8_0 gemv (its prefill
+ * tiles are matmul_q8_avx2.c's, reading packed groups).
  *
- * A 32-byte load holds eight quant bytes of four rows. maddubs against eight activation
+ * Q4_K: a 32-byte load holds eight quant bytes of four rows. maddubs against eight activation
  * bytes broadcast to all four rows gives each row four pair sums; four loads cover a
  * 32-element sub-block, their sums add in 16 bits (at most 4 * 2 * 15 * 128 = 15360), and
  * one madd with the rows' sub-block scales widens them. A horizontal add then leaves one
@@ -20,9 +22,7 @@
 #include <immintrin.h>
 
 /* The prefetch distance of the gemv, as for the GGUF-layout one (quant_repack_avx2.c). */
-#ifndef PF_DIST
 #define PF_DIST 3072
-#endif
 
 typedef struct {
     __m256i sc[2][2]; /* [sub-blocks 0..3 / 4..7][row half]: scale bytes, 4 per row, that half's rows in both 128-bit lanes */
