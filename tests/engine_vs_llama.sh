@@ -10,7 +10,8 @@
 # trained stories models it also checks greedy output is identical for 64 tokens, and that a
 # fragment directory (essaim fragment, small fragments) gives exactly the .gguf's logits,
 # also with ESSAIM_PACK=0 (Q4_K and Q8_0 are packed in memory by default, kept in GGUF
-# layout then: synthetic Q4_K and Q8_0 models too).
+# layout then), and so does the .gguf mapped in place (ESSAIM_MMAP=1): synthetic Q4_K and
+# Q8_0 models too.
 # Prompt token ids come from llama.cpp, so this tests the engine, not the tokenizer.
 # Last line: "engine_vs_llama: N passed, N failed".
 #
@@ -89,6 +90,10 @@ fragdir() {
     if ! ESSAIM_PACK=0 "$BIN" run "$dir" --tokens "$toks" --dump-logits "$TMP/c.json" -t 2 2>"$TMP/b.err"; then ko "" "$name fragment dir unpacked: $(tail -1 "$TMP/b.err")"; return; fi
     if cmp -s "$TMP/a.json" "$TMP/c.json"; then ok "" "$name fragment dir unpacked = packed .gguf, bit for bit"
     else ko "" "$name unpacked fragment dir logits differ from the packed .gguf's"; fi
+    # the .gguf mapped from the file, used in place (ESSAIM_MMAP=1)
+    if ! ESSAIM_MMAP=1 "$BIN" run "$f" --tokens "$toks" --dump-logits "$TMP/c.json" -t 2 2>"$TMP/b.err"; then ko "" "$name mapped: $(tail -1 "$TMP/b.err")"; return; fi
+    if cmp -s "$TMP/a.json" "$TMP/c.json"; then ok "" "$name mapped .gguf = packed .gguf, bit for bit"
+    else ko "" "$name mapped .gguf logits differ from the packed .gguf's"; fi
 }
 
 echo "engine_vs_llama: models in $MODELS"
