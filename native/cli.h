@@ -42,6 +42,8 @@ int ess_load_file(ess_map *m, const char *path, int *loaded, char *err, size_t e
  * ess_unmap frees it). 0, or -1 (m empty) when ESSAIM_MMAP=1 asks for mappings, the size
  * would not fit in available memory, or mmap fails. */
 int ess_anon_weights(ess_map *m, uint64_t size);
+/* MemAvailable (/proc/meminfo) in bytes, 0 when unknown. */
+uint64_t ess_mem_available(void);
 void ess_unmap(ess_map *m);
 /* Tells the kernel the bytes [off, off+len) of a mapping are no longer needed, so that
  * streaming over a huge file keeps resident memory flat. */

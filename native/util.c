@@ -52,8 +52,7 @@ static int thp_usable(void) {
     return strstr(buf, "[always]") || strstr(buf, "[madvise]");
 }
 
-/* MemAvailable in bytes, 0 when unknown. */
-static uint64_t mem_available(void) {
+uint64_t ess_mem_available(void) {
     FILE *f = fopen("/proc/meminfo", "r");
     char line[256];
     uint64_t kb = 0;
@@ -69,7 +68,7 @@ int ess_anon_weights(ess_map *m, uint64_t size) {
     const char *env = getenv("ESSAIM_MMAP");
     memset(m, 0, sizeof *m);
     m->fd = -1;
-    if ((env && *env && strcmp(env, "0")) || size + (256u << 20) > mem_available()) return -1;
+    if ((env && *env && strcmp(env, "0")) || size + (256u << 20) > ess_mem_available()) return -1;
     /* one huge page of slack to start on a 2 MB boundary */
     const size_t len = (size_t)((size + huge - 1) / huge * huge) + huge;
     void *base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
