@@ -209,7 +209,8 @@ void ess_matmul_quantize(const ess_kernels *k, uint32_t wtype, ess_matmul_mode m
 
 int ess_pack_supported(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode) {
 #if defined(__x86_64__)
-    return k->isa == ESS_ISA_AVX2 && ((wtype == ESS_TYPE_Q4_K && mode != ESS_MATMUL_VEC) || wtype == ESS_TYPE_Q8_0);
+    return k->isa == ESS_ISA_AVX2 &&
+           (((wtype == ESS_TYPE_Q4_K || wtype == ESS_TYPE_Q4_0) && mode != ESS_MATMUL_VEC) || wtype == ESS_TYPE_Q8_0);
 #else
     (void)k, (void)wtype, (void)mode;
     return 0;
@@ -229,6 +230,19 @@ void ess_matmul_packed(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mod
             for (int t = 0; t < n_tok; t++)
                 ess_gemv_q8_0_x8_avx2((int)ne0, out + (size_t)t * out_stride + r0, (const uint8_t *)w + (size_t)r0 * wrow,
                                       (const uint8_t *)act + (size_t)t * arow);
+    } else if (wtype == ESS_TYPE_Q4_0 && ess_pack_supported(k, wtype, mode)) {
+        /* llama.cpp's repacked Q4_0 sums gemm and gemv tokens alike */
+        const size_t wrow = (size_t)ess_row_size(wtype, ne0), arow = (size_t)ess_row_size(ESS_TYPE_Q8_0, ne0);
+        const uint8_t *ab = act;
+        n_grp = n_rows / 8 * 8;
+        for (int64_t r0 = 0; r0 < n_grp; r0 += 8) {
+            const uint8_t *grp = (const uint8_t *)w + (size_t)r0 * wrow;
+            int t = 0;
+            if (k->vnni)
+                for (; t + 8 <= n_tok; t += 8)
+                    ess_gemm8_q4_0_x8_vnni((int)ne0, out + (size_t)t * out_stride + r0, out_stride, grp, ab + (size_t)t * arow, arow);
+            for (; t < n_tok; t++) ess_gemv_q4_0_x8_avx2((int)ne0, out + (size_t)t * out_stride + r0, grp, ab + (size_t)t * arow);
+        }
     } else if (ess_pack_supported(k, wtype, mode)) {
         const size_t wrow = (size_t)ess_row_size(wtype, ne0), arow = (size_t)ess_row_size(ESS_TYPE_Q8_K, ne0);
         const uint8_t *ab = act;

@@ -83,18 +83,19 @@ void ess_getrows(const ess_kernels *k, uint32_t wtype, const void *w, int64_t ne
 
 /* ---- Packed weights
  * A node that keeps weights in its own memory may rearrange them once for its kernels:
- * Q4_K tensors that llama.cpp repacks (mode != ESS_MATMUL_VEC) and Q8_0 tensors are
- * stored in groups of eight rows (layouts in shared/pack.c), which the AVX2 kernels
- * (pack_avx2.c) read as one stream, Q4_K summing across rows instead of within one, Q8_0
- * running eight rows' FMA chains side by side. On packed bytes
+ * Q4_K and Q4_0 tensors that llama.cpp repacks (mode != ESS_MATMUL_VEC) and Q8_0 tensors
+ * are stored in groups of eight rows (layouts in shared/pack.c), which the AVX2 kernels
+ * (pack_avx2.c) read as one stream, Q4_K and Q4_0 summing across rows instead of within
+ * one, Q8_0 running eight rows' FMA chains side by side. On packed bytes
  * ess_matmul_packed gives the bits ess_matmul_ex gives on the GGUF bytes, for n_rows rows
  * from the start of a packed group (the rows of a whole slice, or any 8-row multiple of
  * them). Packing is local: fragments stored, hashed or sent keep the GGUF layout. */
 #define ESS_PACK_Q4_K_BLOCK 1152
 #define ESS_PACK_Q8_0_BLOCK 272
+#define ESS_PACK_Q4_0_BLOCK 144
 
-/* 1 when this build multiplies wtype packed in mode (x86_64 AVX2: Q4_K not in VEC mode,
- * Q8_0). */
+/* 1 when this build multiplies wtype packed in mode (x86_64 AVX2: Q4_K and Q4_0 not in VEC
+ * mode, Q8_0). */
 int ess_pack_supported(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode);
 /* Packs the whole 8-row groups of n_rows rows at w in place; the n_rows % 8 last rows stay
  * as they are. scratch: 8 * row_size bytes. Returns 1, or 0 (w unchanged) for a type or

@@ -16,6 +16,11 @@
  * unpack with a few vector operations, and the kernels' horizontal adds leave their sums
  * in lane order L, where d and dmin already are.
  *
+ * Q4_0, eight rows at a time, block i of a group in 144 bytes: d of the eight rows in lane
+ * order L, then for quarter g < 2 and half h < 2, 32 bytes = qs[8g .. +8] of rows 4h..4h+3:
+ * the Q4_K scheme without scales, llama.cpp's repacked Q4_0 arithmetic (one FMA per block
+ * and row) in the lanes of one register.
+ *
  * Q8_0, eight rows at a time, block i of a group in 272 bytes: d of rows 0..7 (fp16), then
  * the 32 quants of rows 0..7. The rows are then read as one stream: reading eight (or
  * four) rows side by side in GGUF layout ran at a third of the speed of one row after the
@@ -32,6 +37,7 @@ static const int lane_row[8] = {0, 1, 4, 5, 2, 3, 6, 7};
 
 static_assert(ESS_PACK_Q4_K_BLOCK == 8 * sizeof(ess_block_q4_K), "a packed block holds eight GGUF blocks in their bytes");
 static_assert(ESS_PACK_Q8_0_BLOCK == 8 * sizeof(ess_block_q8_0), "a packed block holds eight GGUF blocks in their bytes");
+static_assert(ESS_PACK_Q4_0_BLOCK == 8 * sizeof(ess_block_q4_0), "a packed block holds eight GGUF blocks in their bytes");
 
 static void pack_block_q4_K(uint8_t *o, const uint8_t *rows, size_t wrow, int64_t i) {
     const ess_block_q4_K *x[8];
@@ -61,6 +67,21 @@ static void unpack_block_q4_K(ess_block_q4_K *x, const uint8_t *o, int r) {
             memcpy(x->qs + 32 * j + 8 * g, o + 128 + ((j * 4 + g) * 2 + r / 4) * 32 + (r % 4) * 8, 8);
 }
 
+static void pack_block_q4_0(uint8_t *o, const uint8_t *rows, size_t wrow, int64_t i) {
+    const ess_block_q4_0 *x[8];
+    for (int r = 0; r < 8; r++) x[r] = (const ess_block_q4_0 *)(rows + (size_t)r * wrow) + i;
+    for (int l = 0; l < 8; l++) memcpy(o + 2 * l, &x[lane_row[l]]->d, 2);
+    for (int g = 0; g < 2; g++)
+        for (int h = 0; h < 2; h++)
+            for (int q = 0; q < 4; q++) memcpy(o + 16 + (g * 2 + h) * 32 + q * 8, x[4 * h + q]->qs + 8 * g, 8);
+}
+
+static void unpack_block_q4_0(ess_block_q4_0 *x, const uint8_t *o, int r) {
+    for (int l = 0; l < 8; l++)
+        if (lane_row[l] == r) memcpy(&x->d, o + 2 * l, 2);
+    for (int g = 0; g < 2; g++) memcpy(x->qs + 8 * g, o + 16 + (g * 2 + r / 4) * 32 + (r % 4) * 8, 8);
+}
+
 static void pack_block_q8_0(uint8_t *o, const uint8_t *rows, size_t wrow, int64_t i) {
     for (int r = 0; r < 8; r++) {
         const ess_block_q8_0 *x = (const ess_block_q8_0 *)(rows + (size_t)r * wrow) + i;
@@ -84,13 +105,20 @@ typedef struct {
 static const layout *layout_of(uint32_t wtype) {
     static const layout q4_K = {ESS_QK_K, ESS_PACK_Q4_K_BLOCK, pack_block_q4_K};
     static const layout q8_0 = {ESS_QK8_0, ESS_PACK_Q8_0_BLOCK, pack_block_q8_0};
-    return wtype == ESS_TYPE_Q4_K ? &q4_K : wtype == ESS_TYPE_Q8_0 ? &q8_0 : NULL;
+    static const layout q4_0 = {ESS_QK4_0, ESS_PACK_Q4_0_BLOCK, pack_block_q4_0};
+    switch (wtype) {
+    case ESS_TYPE_Q4_K: return &q4_K;
+    case ESS_TYPE_Q8_0: return &q8_0;
+    case ESS_TYPE_Q4_0: return &q4_0;
+    default: return NULL;
+    }
 }
 
 /* block i of row r (< 8) of a packed group, in GGUF layout */
 static void unpack_block(uint32_t wtype, void *out, const uint8_t *grp, int64_t i, int r) {
     const layout *l = layout_of(wtype);
     if (wtype == ESS_TYPE_Q4_K) unpack_block_q4_K(out, grp + (size_t)i * l->bytes, r);
+    else if (wtype == ESS_TYPE_Q4_0) unpack_block_q4_0(out, grp + (size_t)i * l->bytes, r);
     else unpack_block_q8_0(out, grp + (size_t)i * l->bytes, r);
 }
 

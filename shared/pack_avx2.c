@@ -1,6 +1,6 @@
 /* pack_avx2.c - kernels on packed weights (layouts in pack.c), eight rows at a time:
- * Q4_K gemv, 4-token AVX2 gemm and 8-token AVX512-VNNI gemm; the Q8_0 gemv (its prefill
- * tiles are matmul_q8_avx2.c's, reading packed groups).
+ * Q4_K gemv, 4-token AVX2 gemm and 8-token AVX512-VNNI gemm; Q4_0 gemv and 8-token VNNI
+ * gemm; the Q8_0 gemv (its prefill tiles are matmul_q8_avx2.c's, reading packed groups).
  *
  * Q4_K: a 32-byte load holds eight quant bytes of four rows. maddubs against eight activation
  * bytes broadcast to all four rows gives each row four pair sums; four loads cover a
@@ -211,6 +211,49 @@ void ess_gemm4_q4_K_x8_avx2(int n, float *s, size_t s_stride, const void *vw, co
     for (int t = 0; t < 4; t++) store_rows(s + (size_t)t * s_stride, _mm256_sub_ps(acc[t], accm[t]));
 }
 
+/* ------------------------------------------------------------------------ Q4_0 ---- */
+
+/* 32 * (sum of the 32 activation bytes of y): quants are stored +8, and
+ * sum((q - 8) * a) = sum(q * a) - 8 * sum(a), both exact */
+static inline int q4_0_offset(const int8_t *a) {
+    const __m256i s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)a)),
+                                        _mm256_set1_epi16(1));
+    __m128i x = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+    x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0x4E));
+    x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0xB1));
+    return 8 * _mm_cvtsi128_si32(x);
+}
+
+/* Eight Q4_0 rows of a packed group against one token, s[0..7]: per row the integer of the
+ * block and one FMA per block, as llama.cpp's repacked gemv (ess_vec_dot_q4_0_q8_0_rp). */
+void ess_gemv_q4_0_x8_avx2(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *b = vw;
+    const ess_block_q8_0 *y = va;
+    const __m256i m4 = _mm256_set1_epi8(0x0F), one16 = _mm256_set1_epi16(1);
+    __m256 acc = _mm256_setzero_ps();
+    for (int i = 0; i < n / ESS_QK4_0; i++, b += ESS_PACK_Q4_0_BLOCK) {
+        _mm_prefetch((const char *)b + PF_DIST, _MM_HINT_T0);
+        _mm_prefetch((const char *)b + PF_DIST + 64, _MM_HINT_T0);
+        _mm_prefetch((const char *)b + PF_DIST + 128, _MM_HINT_T0);
+        __m256i v[2];
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256i s16 = _mm256_setzero_si256(); /* |sum| <= 4 * 2 * 15 * 128 */
+#pragma GCC unroll 2
+            for (int g = 0; g < 2; g++) {
+                const __m256i bits = _mm256_loadu_si256((const __m256i *)(b + 16 + (g * 2 + h) * 32));
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(bits, m4), bcast8(y[i].qs + 8 * g)));
+                s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), bcast8(y[i].qs + 16 + 8 * g)));
+            }
+            v[h] = _mm256_madd_epi16(s16, one16);
+        }
+        const __m256i isum = _mm256_sub_epi32(_mm256_hadd_epi32(v[0], v[1]), _mm256_set1_epi32(q4_0_offset(y[i].qs)));
+        const __m256 dd = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b)), _mm256_set1_ps(_cvtsh_ss(y[i].d)));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), dd, acc);
+    }
+    store_rows(s, acc);
+}
+
 /* ------------------------------------------------------------------------ Q8_0 ---- */
 
 /* signed x signed bytes as the legacy dots do it (matmul_avx2.c's dot_i8): the same integers */
@@ -328,6 +371,58 @@ ESS_VNNI void ess_gemm8_q4_K_x8_vnni(int n, float *s, size_t s_stride, const voi
     }
 #pragma GCC unroll 8
     for (int t = 0; t < 8; t++) store_rows(s + (size_t)t * s_stride, _mm256_sub_ps(acc[t], accm[t]));
+}
+
+/* Q4_0, eight tokens per pass (VPDPBUSD straight into 32-bit lanes): the integers and
+ * float steps of ess_gemv_q4_0_x8_avx2 for each token. */
+ESS_VNNI void ess_gemm8_q4_0_x8_vnni(int n, float *s, size_t s_stride, const void *vw, const void *va, size_t arow) {
+    const uint8_t *b = vw, *ya = va;
+    const __m256i m4 = _mm256_set1_epi8(0x0F);
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int t = 0; t < 8; t++) acc[t] = _mm256_setzero_ps();
+    for (int i = 0; i < n / ESS_QK4_0; i++, b += ESS_PACK_Q4_0_BLOCK) {
+        const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
+        const ess_block_q8_0 *y[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++) y[t] = (const ess_block_q8_0 *)(ya + (size_t)t * arow) + i;
+        __m256i v[8][2];
+#pragma GCC unroll 2
+        for (int h = 0; h < 2; h++) {
+            __m256i a32[8];
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++) a32[t] = _mm256_setzero_si256();
+#pragma GCC unroll 2
+            for (int g = 0; g < 2; g++) {
+                const __m256i bits = _mm256_loadu_si256((const __m256i *)(b + 16 + (g * 2 + h) * 32));
+                const __m256i wl = _mm256_and_si256(bits, m4), wh = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
+#pragma GCC unroll 8
+                for (int t = 0; t < 8; t++) {
+                    a32[t] = _mm256_dpbusd_epi32(a32[t], wl, bcast8(y[t]->qs + 8 * g));
+                    a32[t] = _mm256_dpbusd_epi32(a32[t], wh, bcast8(y[t]->qs + 16 + 8 * g));
+                }
+            }
+#pragma GCC unroll 8
+            for (int t = 0; t < 8; t++) v[t][h] = a32[t];
+        }
+        /* 8 * (sum of each token's 32 activation bytes), token t in lane t: one dpbusd per
+         * token, then an add tree across the eight */
+        __m256i sa[8];
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++)
+            sa[t] = _mm256_dpbusd_epi32(_mm256_setzero_si256(), _mm256_set1_epi8(1), _mm256_loadu_si256((const __m256i *)y[t]->qs));
+        const __m256i s01 = _mm256_hadd_epi32(sa[0], sa[1]), s23 = _mm256_hadd_epi32(sa[2], sa[3]);
+        const __m256i s45 = _mm256_hadd_epi32(sa[4], sa[5]), s67 = _mm256_hadd_epi32(sa[6], sa[7]);
+        const __m256i q03 = _mm256_hadd_epi32(s01, s23), q47 = _mm256_hadd_epi32(s45, s67); /* [t0..t3 | t0..t3] halves */
+        const __m256i off = _mm256_slli_epi32(_mm256_add_epi32(_mm256_permute2x128_si256(q03, q47, 0x20), _mm256_permute2x128_si256(q03, q47, 0x31)), 3);
+#pragma GCC unroll 8
+        for (int t = 0; t < 8; t++) {
+            const __m256i isum = _mm256_sub_epi32(_mm256_hadd_epi32(v[t][0], v[t][1]), _mm256_permutevar8x32_epi32(off, _mm256_set1_epi32(t)));
+            acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), _mm256_mul_ps(d, _mm256_set1_ps(_cvtsh_ss(y[t]->d))), acc[t]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int t = 0; t < 8; t++) store_rows(s + (size_t)t * s_stride, acc[t]);
 }
 
 #endif

@@ -195,6 +195,10 @@ void ess_vec_dot_q2_K_q8_K_gemm_avx2(int n, float *s, const void *w, const void 
  * _gemv / _gemm forms on the GGUF rows. */
 void ess_gemv_q4_K_x8_avx2(int n, float *s, const void *w, const void *a);
 void ess_gemm4_q4_K_x8_avx2(int n, float *s, size_t s_stride, const void *w, const void *a, size_t arow);
+/* Q4_0 packed in 8-row groups: one group against one token (s[0..7]) or eight
+ * (s[t * s_stride + r], AVX512-VL/VNNI), the bits of ess_vec_dot_q4_0_q8_0_rp */
+void ess_gemv_q4_0_x8_avx2(int n, float *s, const void *w, const void *a);
+void ess_gemm8_q4_0_x8_vnni(int n, float *s, size_t s_stride, const void *w, const void *a, size_t arow);
 /* Q8_0 packed in 8-row groups: one group against one token, s[0..7] */
 void ess_gemv_q8_0_x8_avx2(int n, float *s, const void *w, const void *a);
 /* eight gemm tokens, AVX512-VL/VNNI (only when ess_kernels.vnni) */

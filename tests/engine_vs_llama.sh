@@ -108,7 +108,7 @@ if [ -d "$MODELS" ]; then
         logits "$f" "$name" "$tol"
         case "$name" in stories260K*) greedy "$f" "$name" 64 ;; esac
     done
-    for name in stories260K.gguf stories260K-Q4_K_M.gguf stories260K-pad256-Q4_K_M.gguf stories260K-moe4x2-Q8_0.gguf; do
+    for name in stories260K.gguf stories260K-Q4_0.gguf stories260K-Q4_K_M.gguf stories260K-pad256-Q4_K_M.gguf stories260K-moe4x2-Q8_0.gguf; do
         [ -f "$MODELS/$name" ] && fragdir "$MODELS/$name" "$name"
     done
 else
@@ -121,8 +121,8 @@ synth() {
     out="$TMP/$name-$type.gguf"
     if ! "$BIN" synth -o "$out" --type "$type" "$@" >/dev/null 2>"$TMP/synth.err"; then ko "" "synth $name $type: $(tail -1 "$TMP/synth.err")"; return; fi
     logits "$out" "synth $name $type" "$tol"
-    # Q4_K and Q8_0 are packed in memory when run from a .gguf, never in a fragment directory
-    case $type in Q4_K*|Q8_0) fragdir "$out" "$name" ;; esac  # logits set name to "synth NAME TYPE"
+    # Q4_K, Q4_0 and Q8_0 are packed in memory (ESSAIM_PACK=0: GGUF layout; ESSAIM_MMAP=1: mapped)
+    case $type in Q4_K*|Q8_0|Q4_0) fragdir "$out" "$name" ;; esac  # logits set name to "synth NAME TYPE"
     rm -f "$out"
 }
 TINY="--preset tinyllama-1.1b --layers 2 --embd 256 --heads 8 --kv-heads 2 --ff 512 --vocab-size 512 --ctx 256"

@@ -488,14 +488,14 @@ ESS_TEST(matmul_repack_mirrors_llama_gemm_gemv) {
     free(wf); free(af); free(w); free(a);
 }
 
-/* Packed weights (shared/pack.c), Q4_K and Q8_0: packing then unpacking gives every
+/* Packed weights (shared/pack.c), Q4_K, Q8_0 and Q4_0: packing then unpacking gives every
  * row's bytes back; on packed bytes ess_matmul_packed gives for every row and token the
- * bits ess_matmul_ex gives on the GGUF bytes (Q4_K: gemm tokens, gemv tokens, experts;
- * Q8_0: decode, the VNNI tiles and the per-token gemv of CPUs without them; whole groups
+ * bits ess_matmul_ex gives on the GGUF bytes (Q4_K and Q4_0: gemm tokens, gemv tokens,
+ * experts; Q8_0: decode; all with and without the VNNI kernels; whole groups
  * and tail rows; the whole slice and a slice starting at its second group), and
  * ess_getrows_packed the rows ess_getrows gives. */
 ESS_TEST(matmul_packed_same_bits) {
-    static const uint32_t types[] = {ESS_TYPE_Q4_K, ESS_TYPE_Q8_0};
+    static const uint32_t types[] = {ESS_TYPE_Q4_K, ESS_TYPE_Q8_0, ESS_TYPE_Q4_0};
     ess_rng r;
     ess_rng_seed(&r, 43);
     const int64_t ne0 = 768;
