@@ -44,6 +44,8 @@ int ess_load_file(ess_map *m, const char *path, int *loaded, char *err, size_t e
 int ess_anon_weights(ess_map *m, uint64_t size);
 /* MemAvailable (/proc/meminfo) in bytes, 0 when unknown. */
 uint64_t ess_mem_available(void);
+/* 0 when ESSAIM_PACK=0 asks to keep weights in GGUF layout (matmul.h, "Packed weights"). */
+int ess_pack_enabled(void);
 void ess_unmap(ess_map *m);
 /* Tells the kernel the bytes [off, off+len) of a mapping are no longer needed, so that
  * streaming over a huge file keeps resident memory flat. */

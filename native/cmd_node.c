@@ -170,9 +170,8 @@ static const uint8_t *item_packed(node *nd, held_frag *f, uint32_t i, const ess_
     if (p->rows) return p->mode == mode ? p->rows : NULL;
     if (p->tried) return NULL;
     p->tried = 1;
-    const char *env = getenv("ESSAIM_PACK");
     const uint64_t rows = it->row1 - it->row0;
-    if ((env && !strcmp(env, "0")) || !ess_pack_supported(&nd->k, it->type, (ess_matmul_mode)mode) || rows < 8 ||
+    if (!ess_pack_enabled() || !ess_pack_supported(&nd->k, it->type, (ess_matmul_mode)mode) || rows < 8 ||
         nd->pk_bytes + it->bytes > nd->pk_cap)
         return NULL;
     const size_t rb = (size_t)ess_row_size(it->type, (int64_t)it->ne0);

@@ -194,8 +194,7 @@ void ess_source_close(ess_source *s) {
 }
 
 uint32_t ess_source_pack(ess_source *s, const ess_model *m, const ess_kernels *k) {
-    const char *env = getenv("ESSAIM_PACK");
-    if ((env && !strcmp(env, "0")) || !s->file.anon) return 0;
+    if (!ess_pack_enabled() || !s->file.anon) return 0;
     uint8_t *small = calloc(s->g.n_tensors + 1, 1);
     s->packed = calloc(s->plan.n_frags + 1, 1);
     size_t scratch_len = 0;

@@ -13,8 +13,12 @@
 #define ESS_SOURCE_H
 
 #include "cli.h"
+#include "driver.h"
+#include "exec.h"
 #include "fragment.h"
 #include "gguf.h"
+#include "model.h"
+#include "quant.h"
 
 typedef struct {
     ess_gguf g;
@@ -40,14 +44,10 @@ void ess_source_close(ess_source *s);
  * reads itself). Only weights read into memory are packed: a mapped file stays as it is
  * (same results, the GGUF-layout kernels). ESSAIM_PACK=0 turns it off. Returns the number
  * of items packed. */
-#include "model.h"
-#include "quant.h"
 uint32_t ess_source_pack(ess_source *s, const ess_model *m, const ess_kernels *k);
 
 /* Everything `run` and `bench` need, opened in one call: the source, the model read
  * from its header, the kernel table for this CPU, a driver and a local thread pool. */
-#include "driver.h"
-#include "exec.h"
 typedef struct {
     ess_source src;
     ess_model model;

@@ -63,6 +63,11 @@ uint64_t ess_mem_available(void) {
     return kb * 1024;
 }
 
+int ess_pack_enabled(void) {
+    const char *env = getenv("ESSAIM_PACK");
+    return !(env && !strcmp(env, "0"));
+}
+
 int ess_anon_weights(ess_map *m, uint64_t size) {
     const size_t huge = 2u << 20;
     const char *env = getenv("ESSAIM_MMAP");

@@ -230,33 +230,27 @@ void ess_matmul_packed(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mod
             for (int t = 0; t < n_tok; t++)
                 ess_gemv_q8_0_x8_avx2((int)ne0, out + (size_t)t * out_stride + r0, (const uint8_t *)w + (size_t)r0 * wrow,
                                       (const uint8_t *)act + (size_t)t * arow);
-    } else if (wtype == ESS_TYPE_Q4_0 && ess_pack_supported(k, wtype, mode)) {
-        /* llama.cpp's repacked Q4_0 sums gemm and gemv tokens alike */
-        const size_t wrow = (size_t)ess_row_size(wtype, ne0), arow = (size_t)ess_row_size(ESS_TYPE_Q8_0, ne0);
-        const uint8_t *ab = act;
-        n_grp = n_rows / 8 * 8;
-        for (int64_t r0 = 0; r0 < n_grp; r0 += 8) {
-            const uint8_t *grp = (const uint8_t *)w + (size_t)r0 * wrow;
-            int t = 0;
-            if (k->vnni)
-                for (; t + 8 <= n_tok; t += 8)
-                    ess_gemm8_q4_0_x8_vnni((int)ne0, out + (size_t)t * out_stride + r0, out_stride, grp, ab + (size_t)t * arow, arow);
-            for (; t < n_tok; t++) ess_gemv_q4_0_x8_avx2((int)ne0, out + (size_t)t * out_stride + r0, grp, ab + (size_t)t * arow);
-        }
     } else if (ess_pack_supported(k, wtype, mode)) {
-        const size_t wrow = (size_t)ess_row_size(wtype, ne0), arow = (size_t)ess_row_size(ESS_TYPE_Q8_K, ne0);
+        /* Q4_K sums its gemm tokens (the first n_tok - n_tok % 4 of a mul_mat) per 64
+         * elements; llama.cpp's repacked Q4_0 sums every token alike */
+        typedef void (*gemm_fn)(int n, float *s, size_t s_stride, const void *w, const void *a, size_t arow);
+        const int q4_K = wtype == ESS_TYPE_Q4_K;
+        const gemm_fn gemm8 = !k->vnni ? NULL : q4_K ? ess_gemm8_q4_K_x8_vnni : ess_gemm8_q4_0_x8_vnni;
+        const gemm_fn gemm4 = q4_K ? ess_gemm4_q4_K_x8_avx2 : NULL;
+        const ess_vec_dot_fn gemv = q4_K ? ess_gemv_q4_K_x8_avx2 : ess_gemv_q4_0_x8_avx2;
+        const int n_gemm = !q4_K ? n_tok : mode == ESS_MATMUL_REPACK ? n_tok - n_tok % 4 : 0;
+        const size_t wrow = (size_t)ess_row_size(wtype, ne0);
+        const size_t arow = (size_t)ess_row_size((uint32_t)ess_type_info(wtype)->vec_dot_type, ne0);
         const uint8_t *ab = act;
-        const int n_gemm = mode == ESS_MATMUL_REPACK ? n_tok - n_tok % 4 : 0;
         n_grp = n_rows / 8 * 8;
         for (int64_t r0 = 0; r0 < n_grp; r0 += 8) {
             const uint8_t *grp = (const uint8_t *)w + (size_t)r0 * wrow;
             int t = 0;
-            if (k->vnni)
-                for (; t + 8 <= n_gemm; t += 8)
-                    ess_gemm8_q4_K_x8_vnni((int)ne0, out + (size_t)t * out_stride + r0, out_stride, grp, ab + (size_t)t * arow, arow);
-            for (; t < n_gemm; t += 4)
-                ess_gemm4_q4_K_x8_avx2((int)ne0, out + (size_t)t * out_stride + r0, out_stride, grp, ab + (size_t)t * arow, arow);
-            for (; t < n_tok; t++) ess_gemv_q4_K_x8_avx2((int)ne0, out + (size_t)t * out_stride + r0, grp, ab + (size_t)t * arow);
+            if (gemm8)
+                for (; t + 8 <= n_gemm; t += 8) gemm8((int)ne0, out + (size_t)t * out_stride + r0, out_stride, grp, ab + (size_t)t * arow, arow);
+            if (gemm4)
+                for (; t < n_gemm; t += 4) gemm4((int)ne0, out + (size_t)t * out_stride + r0, out_stride, grp, ab + (size_t)t * arow, arow);
+            for (; t < n_tok; t++) gemv((int)ne0, out + (size_t)t * out_stride + r0, grp, ab + (size_t)t * arow);
         }
     }
 #endif

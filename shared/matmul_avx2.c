@@ -11,6 +11,7 @@
  * Types: Q4_K, Q6_K (x Q8_K) and Q8_0 (x Q8_0): the bulk of TinyLlama/Mistral Q4_K_M
  * and Q8_0 files. Others return NULL and ess_matmul uses the single dots. No state. */
 #include "matmul.h"
+#include "quant_impl.h"
 
 #if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 
@@ -199,6 +200,31 @@ static void dot1_q8_0(int n, float *s, const void *vw, const void *va) {
                               dot_i8(_mm256_sign_epi8(qw, qw), qw, _mm256_loadu_si256((const __m256i *)a[i].qs)), acc);
     }
     *s = hsum8_hi_lo(acc);
+}
+
+/* Eight Q8_0 rows of a group packed by ess_pack_rows (pack.c: per block, d of rows 0..7
+ * then their 32 quants) against one token, s[0..7]: per row the operations of dot1_q8_0,
+ * eight FMA chains side by side over one stream of weights. */
+void ess_gemv_q8_0_x8_avx2(int n, float *s, const void *vw, const void *va) {
+    const uint8_t *b = vw;
+    const ess_block_q8_0 *a = va;
+    __m256 acc[8];
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
+    for (int i = 0; i < n / ESS_QK8_0; i++, b += ESS_PACK_Q8_0_BLOCK) {
+#pragma GCC unroll 5
+        for (int p = 0; p < ESS_PACK_Q8_0_BLOCK; p += 64) _mm_prefetch((const char *)b + 3072 + p, _MM_HINT_T0); /* pack_avx2.c's PF_DIST */
+        const __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs);
+        float dd[8];
+        _mm256_storeu_ps(dd, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b)), _mm256_set1_ps(h2f(a[i].d))));
+#pragma GCC unroll 8
+        for (int r = 0; r < 8; r++) {
+            const __m256i qw = _mm256_loadu_si256((const __m256i *)(b + 16 + 32 * r));
+            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dd[r]), dot_i8(_mm256_sign_epi8(qw, qw), qw, qa), acc[r]);
+        }
+    }
+#pragma GCC unroll 8
+    for (int r = 0; r < 8; r++) s[r] = hsum8_hi_lo(acc[r]);
 }
 
 /* F16 x F16, in the order of llama.cpp's CPU backend as built for AVX-512 machines (the

@@ -1,7 +1,7 @@
 /* matmul_q8_avx2.c - Q8_0 x Q8_0 matrix products with register tiles and VNNI integer
  * dots, for prefill on x86_64 (see ess_matmul_q8_0_tile_avx2 below), on GGUF rows or on
  * rows packed in 8-row groups (pack.c). Decode takes the per-row dot on GGUF rows and
- * pack_avx2.c's gemv on packed ones: a four-rows-per-pass VNNI gemv that was here read
+ * matmul_avx2.c's packed gemv on packed ones: a four-rows-per-pass VNNI gemv that was here read
  * GGUF rows at half its speed on AMD EPYC (Zen 4), mapped or in huge pages (TinyLlama Q8_0,
  * one thread: 11.7 against 22 tok/s), so it was removed; packed rows are one stream.
  *

@@ -55,7 +55,8 @@ static void pack_block_q4_K(uint8_t *o, const uint8_t *rows, size_t wrow, int64_
                     memcpy(o + 128 + ((j * 4 + g) * 2 + h) * 32 + q * 8, x[4 * h + q]->qs + 32 * j + 8 * g, 8);
 }
 
-static void unpack_block_q4_K(ess_block_q4_K *x, const uint8_t *o, int r) {
+static void unpack_block_q4_K(void *vx, const uint8_t *o, int r) {
+    ess_block_q4_K *x = vx;
     for (int l = 0; l < 8; l++)
         if (lane_row[l] == r) {
             memcpy(&x->d, o + 2 * l, 2);
@@ -76,7 +77,8 @@ static void pack_block_q4_0(uint8_t *o, const uint8_t *rows, size_t wrow, int64_
             for (int q = 0; q < 4; q++) memcpy(o + 16 + (g * 2 + h) * 32 + q * 8, x[4 * h + q]->qs + 8 * g, 8);
 }
 
-static void unpack_block_q4_0(ess_block_q4_0 *x, const uint8_t *o, int r) {
+static void unpack_block_q4_0(void *vx, const uint8_t *o, int r) {
+    ess_block_q4_0 *x = vx;
     for (int l = 0; l < 8; l++)
         if (lane_row[l] == r) memcpy(&x->d, o + 2 * l, 2);
     for (int g = 0; g < 2; g++) memcpy(x->qs + 8 * g, o + 16 + (g * 2 + r / 4) * 32 + (r % 4) * 8, 8);
@@ -90,36 +92,31 @@ static void pack_block_q8_0(uint8_t *o, const uint8_t *rows, size_t wrow, int64_
     }
 }
 
-static void unpack_block_q8_0(ess_block_q8_0 *x, const uint8_t *o, int r) {
+static void unpack_block_q8_0(void *vx, const uint8_t *o, int r) {
+    ess_block_q8_0 *x = vx;
     memcpy(&x->d, o + 2 * r, 2);
     memcpy(x->qs, o + 16 + 32 * r, 32);
 }
 
-/* a type's packed layout: elements and bytes of a packed block (eight GGUF blocks) */
+/* a type's packed layout: elements and bytes of a packed block (eight GGUF blocks); pack
+ * writes block i of eight GGUF rows, unpack gives row r's GGUF block back */
 typedef struct {
     int qk;
     size_t bytes;
     void (*pack)(uint8_t *o, const uint8_t *rows, size_t wrow, int64_t i);
+    void (*unpack)(void *x, const uint8_t *o, int r);
 } layout;
 
 static const layout *layout_of(uint32_t wtype) {
-    static const layout q4_K = {ESS_QK_K, ESS_PACK_Q4_K_BLOCK, pack_block_q4_K};
-    static const layout q8_0 = {ESS_QK8_0, ESS_PACK_Q8_0_BLOCK, pack_block_q8_0};
-    static const layout q4_0 = {ESS_QK4_0, ESS_PACK_Q4_0_BLOCK, pack_block_q4_0};
+    static const layout q4_K = {ESS_QK_K, ESS_PACK_Q4_K_BLOCK, pack_block_q4_K, unpack_block_q4_K};
+    static const layout q8_0 = {ESS_QK8_0, ESS_PACK_Q8_0_BLOCK, pack_block_q8_0, unpack_block_q8_0};
+    static const layout q4_0 = {ESS_QK4_0, ESS_PACK_Q4_0_BLOCK, pack_block_q4_0, unpack_block_q4_0};
     switch (wtype) {
     case ESS_TYPE_Q4_K: return &q4_K;
     case ESS_TYPE_Q8_0: return &q8_0;
     case ESS_TYPE_Q4_0: return &q4_0;
     default: return NULL;
     }
-}
-
-/* block i of row r (< 8) of a packed group, in GGUF layout */
-static void unpack_block(uint32_t wtype, void *out, const uint8_t *grp, int64_t i, int r) {
-    const layout *l = layout_of(wtype);
-    if (wtype == ESS_TYPE_Q4_K) unpack_block_q4_K(out, grp + (size_t)i * l->bytes, r);
-    else if (wtype == ESS_TYPE_Q4_0) unpack_block_q4_0(out, grp + (size_t)i * l->bytes, r);
-    else unpack_block_q8_0(out, grp + (size_t)i * l->bytes, r);
 }
 
 int ess_pack_rows(uint32_t wtype, void *w, int64_t ne0, int64_t n_rows, void *scratch) {
@@ -143,7 +140,7 @@ void ess_unpack_row(uint32_t wtype, const void *w, int64_t ne0, int64_t n_rows, 
     }
     const uint8_t *grp = (const uint8_t *)w + (size_t)(row / 8 * 8) * wrow;
     const size_t gguf_block = (size_t)ess_row_size(wtype, l->qk);
-    for (int64_t i = 0; i < ne0 / l->qk; i++) unpack_block(wtype, (uint8_t *)out + (size_t)i * gguf_block, grp, i, (int)(row % 8));
+    for (int64_t i = 0; i < ne0 / l->qk; i++) l->unpack((uint8_t *)out + (size_t)i * gguf_block, grp + (size_t)i * l->bytes, (int)(row % 8));
 }
 
 void ess_getrows_packed(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mode, const void *w, int64_t ne0, uint64_t row0,
@@ -161,7 +158,7 @@ void ess_getrows_packed(const ess_kernels *k, uint32_t wtype, ess_matmul_mode mo
         const uint8_t *grp = (const uint8_t *)w + (size_t)(r / 8 * 8) * wrow;
         for (int64_t i = 0; i < ne0 / l->qk; i++) { /* a block at a time: no row buffer */
             uint8_t b[sizeof(ess_block_q4_K)];
-            unpack_block(wtype, b, grp, i, (int)(r % 8));
+            l->unpack(b, grp + (size_t)i * l->bytes, (int)(r % 8));
             k->to_float[wtype](b, o + i * l->qk, l->qk);
         }
     }

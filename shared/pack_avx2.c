@@ -1,6 +1,7 @@
 /* pack_avx2.c - kernels on packed weights (layouts in pack.c), eight rows at a time:
  * Q4_K gemv, 4-token AVX2 gemm and 8-token AVX512-VNNI gemm; Q4_0 gemv and 8-token VNNI
- * gemm; the Q8_0 gemv (its prefill tiles are matmul_q8_avx2.c's, reading packed groups).
+ * gemm. The packed Q8_0 gemv is in matmul_avx2.c beside the dot whose operations it
+ * repeats, its prefill tiles in matmul_q8_avx2.c.
  *
  * Q4_K: a 32-byte load holds eight quant bytes of four rows. maddubs against eight activation
  * bytes broadcast to all four rows gives each row four pair sums; four loads cover a
@@ -78,17 +79,17 @@ static inline __m256i bcast8(const int8_t *a) {
 static inline __attribute__((always_inline)) void chunk1(const uint8_t *q, const int8_t *a, const head *hd, int j, __m256i v[2]) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
     __m256i lo[2] = {_mm256_setzero_si256(), _mm256_setzero_si256()}, hi[2] = {lo[0], lo[0]};
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int g = 0; g < 4; g++) {
         const __m256i alo = bcast8(a + 64 * j + 8 * g), ahi = bcast8(a + 64 * j + 32 + 8 * g);
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int h = 0; h < 2; h++) {
             const __m256i bits = _mm256_loadu_si256((const __m256i *)(q + ((j * 4 + g) * 2 + h) * 32));
             lo[h] = _mm256_add_epi16(lo[h], _mm256_maddubs_epi16(_mm256_and_si256(bits, m4), alo));
             hi[h] = _mm256_add_epi16(hi[h], _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(bits, 4), m4), ahi));
         }
     }
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int h = 0; h < 2; h++)
         v[h] = _mm256_add_epi32(_mm256_madd_epi16(lo[h], scale16(hd, 2 * j, h)), _mm256_madd_epi16(hi[h], scale16(hd, 2 * j + 1, h)));
 }
@@ -114,7 +115,7 @@ void ess_gemv_q4_K_x8_avx2(int n, float *s, const void *vw, const void *va) {
         head hd;
         head_load(&hd, b);
         __m256i v0 = _mm256_setzero_si256(), v1 = v0;
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int j = 0; j < 4; j++) {
             __m256i v[2];
             chunk1(b + 128, y[i].qs, &hd, j, v);
@@ -139,23 +140,23 @@ void ess_gemv_q4_K_x8_avx2(int n, float *s, const void *vw, const void *va) {
 static inline __attribute__((always_inline)) void chunk4(const uint8_t *q, const int8_t *const a[4], const head *hd, int j,
                                                          __m256i v[4][2]) {
     const __m256i m4 = _mm256_set1_epi8(0x0F);
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int h = 0; h < 2; h++) {
         __m256i lo[4], hi[4];
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int t = 0; t < 4; t++) lo[t] = hi[t] = _mm256_setzero_si256();
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int g = 0; g < 4; g++) {
             const __m256i bits = _mm256_loadu_si256((const __m256i *)(q + ((j * 4 + g) * 2 + h) * 32));
             const __m256i wl = _mm256_and_si256(bits, m4), wh = _mm256_and_si256(_mm256_srli_epi16(bits, 4), m4);
-            #pragma GCC unroll 8
+#pragma GCC unroll 8
             for (int t = 0; t < 4; t++) {
                 lo[t] = _mm256_add_epi16(lo[t], _mm256_maddubs_epi16(wl, bcast8(a[t] + 64 * j + 8 * g)));
                 hi[t] = _mm256_add_epi16(hi[t], _mm256_maddubs_epi16(wh, bcast8(a[t] + 64 * j + 32 + 8 * g)));
             }
         }
         const __m256i sl = scale16(hd, 2 * j, h), sh = scale16(hd, 2 * j + 1, h);
-        #pragma GCC unroll 8
+#pragma GCC unroll 8
         for (int t = 0; t < 4; t++) v[t][h] = _mm256_add_epi32(_mm256_madd_epi16(lo[t], sl), _mm256_madd_epi16(hi[t], sh));
     }
 }
@@ -166,48 +167,49 @@ static inline __m256i chunk_mins(const __m256i c[2], int j) {
     return _mm256_castps_si256(j % 2 ? _mm256_shuffle_ps(a, b, 0xDD) : _mm256_shuffle_ps(a, b, 0x88));
 }
 
+/* The mins chain of one token's block y: its four chunks in order, one FMA each as the gemm
+ * sums them. Independent of the acc chain, so it can run before the quants. */
+static inline __m256 mins_chain(const head *hd, const ess_block_q8_K *y, __m256 dmin, __m256 accm) {
+    const __m256 dm = _mm256_mul_ps(dmin, _mm256_set1_ps(y->d));
+    __m256i b03, b47;
+    bsums8(y, &b03, &b47);
+    /* per half: [row: chunk 0, chunk 1] from the mins of sub-blocks 0..3, chunks 2, 3 from 4..7 */
+    const __m256i c01[2] = {mins_half(hd->mn_lo, b03, 0), mins_half(hd->mn_lo, b03, 1)};
+    const __m256i c23[2] = {mins_half(hd->mn_hi, b47, 0), mins_half(hd->mn_hi, b47, 1)};
+#pragma GCC unroll 4
+    for (int j = 0; j < 4; j++) accm = _mm256_fmadd_ps(_mm256_cvtepi32_ps(chunk_mins(j < 2 ? c01 : c23, j)), dm, accm);
+    return accm;
+}
+
 void ess_gemm4_q4_K_x8_avx2(int n, float *s, size_t s_stride, const void *vw, const void *va, size_t arow) {
     const uint8_t *b = vw, *ya = va;
     __m256 acc[4], accm[4];
-    #pragma GCC unroll 8
+#pragma GCC unroll 8
     for (int t = 0; t < 4; t++) acc[t] = accm[t] = _mm256_setzero_ps();
     for (int i = 0; i < n / ESS_QK_K; i++, b += ESS_PACK_Q4_K_BLOCK) {
         head hd;
         head_load(&hd, b);
         const __m256 d = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b));
         const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 16)));
-        const ess_block_q8_K *y[4];
         const int8_t *a[4];
-        __m256 dd[4], dm[4];
-        /* per token and half: [row: chunk 0, chunk 1] from the mins of sub-blocks 0..3, chunks 2, 3 from 4..7 */
-        __m256i c01[4][2], c23[4][2];
-        #pragma GCC unroll 8
+        __m256 dd[4];
+#pragma GCC unroll 4
         for (int t = 0; t < 4; t++) {
-            y[t] = (const ess_block_q8_K *)(ya + (size_t)t * arow) + i;
-            a[t] = y[t]->qs;
-            const __m256 yd = _mm256_set1_ps(y[t]->d);
-            dd[t] = _mm256_mul_ps(d, yd);
-            dm[t] = _mm256_mul_ps(dmin, yd);
-            __m256i b03, b47;
-            bsums8(y[t], &b03, &b47);
-            #pragma GCC unroll 8
-            for (int h = 0; h < 2; h++) {
-                c01[t][h] = mins_half(hd.mn_lo, b03, h);
-                c23[t][h] = mins_half(hd.mn_hi, b47, h);
-            }
+            const ess_block_q8_K *y = (const ess_block_q8_K *)(ya + (size_t)t * arow) + i;
+            a[t] = y->qs;
+            dd[t] = _mm256_mul_ps(d, _mm256_set1_ps(y->d));
+            accm[t] = mins_chain(&hd, y, dmin, accm[t]);
         }
-        #pragma GCC unroll 8
+#pragma GCC unroll 4
         for (int j = 0; j < 4; j++) {
             __m256i v[4][2];
             chunk4(b + 128, a, &hd, j, v);
-            #pragma GCC unroll 8
-            for (int t = 0; t < 4; t++) {
+#pragma GCC unroll 4
+            for (int t = 0; t < 4; t++)
                 acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(v[t][0], v[t][1])), dd[t], acc[t]);
-                accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(chunk_mins(j < 2 ? c01[t] : c23[t], j)), dm[t], accm[t]);
-            }
         }
     }
-    #pragma GCC unroll 8
+#pragma GCC unroll 4
     for (int t = 0; t < 4; t++) store_rows(s + (size_t)t * s_stride, _mm256_sub_ps(acc[t], accm[t]));
 }
 
@@ -254,43 +256,6 @@ void ess_gemv_q4_0_x8_avx2(int n, float *s, const void *vw, const void *va) {
     store_rows(s, acc);
 }
 
-/* ------------------------------------------------------------------------ Q8_0 ---- */
-
-/* signed x signed bytes as the legacy dots do it (matmul_avx2.c's dot_i8): the same integers */
-static inline __m256 q8_dot(__m256i x, __m256i y) {
-    const __m256i p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
-    return _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)));
-}
-/* high half + low half, then pairs: ggml's hsum_float_8 */
-static inline float hsum_hi_lo(__m256 x) {
-    __m128 r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
-    r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-    r = _mm_add_ss(r, _mm_movehdup_ps(r));
-    return _mm_cvtss_f32(r);
-}
-
-/* Eight Q8_0 rows of a packed group against one token, s[0..7]: per row the operations of
- * the Q8_0 dot (ess_matmul_dot1_avx2), eight FMA chains side by side. */
-void ess_gemv_q8_0_x8_avx2(int n, float *s, const void *vw, const void *va) {
-    const uint8_t *b = vw;
-    const ess_block_q8_0 *a = va;
-    __m256 acc[8];
-#pragma GCC unroll 8
-    for (int r = 0; r < 8; r++) acc[r] = _mm256_setzero_ps();
-    for (int i = 0; i < n / ESS_QK8_0; i++, b += ESS_PACK_Q8_0_BLOCK) {
-#pragma GCC unroll 5
-        for (int p = 0; p < ESS_PACK_Q8_0_BLOCK; p += 64) _mm_prefetch((const char *)b + PF_DIST + p, _MM_HINT_T0);
-        const __m256i qa = _mm256_loadu_si256((const __m256i *)a[i].qs);
-        float dd[8];
-        _mm256_storeu_ps(dd, _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)b)), _mm256_set1_ps(_cvtsh_ss(a[i].d))));
-#pragma GCC unroll 8
-        for (int r = 0; r < 8; r++)
-            acc[r] = _mm256_fmadd_ps(_mm256_set1_ps(dd[r]), q8_dot(_mm256_loadu_si256((const __m256i *)(b + 16 + 32 * r)), qa), acc[r]);
-    }
-#pragma GCC unroll 8
-    for (int r = 0; r < 8; r++) s[r] = hsum_hi_lo(acc[r]);
-}
-
 /* ---- AVX512-VL/VNNI on 256-bit registers: eight gemm tokens per pass.
  * VPDPBUSD adds four quant x activation products straight into 32-bit lanes, one
  * instruction where AVX2 takes a maddubs and an add; a lane gathers sixteen products of a
@@ -321,19 +286,12 @@ ESS_VNNI void ess_gemm8_q4_K_x8_vnni(int n, float *s, size_t s_stride, const voi
         const __m256 dmin = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + 16)));
         const int8_t *a[8];
         __m256 dd[8];
-        /* the mins chain of each token, its four chunks in order (independent of acc's) */
 #pragma GCC unroll 8
         for (int t = 0; t < 8; t++) {
             const ess_block_q8_K *y = (const ess_block_q8_K *)(ya + (size_t)t * arow) + i;
             a[t] = y->qs;
-            const __m256 dm = _mm256_mul_ps(dmin, _mm256_set1_ps(y->d));
             dd[t] = _mm256_mul_ps(d, _mm256_set1_ps(y->d));
-            __m256i b03, b47;
-            bsums8(y, &b03, &b47);
-            const __m256i c01[2] = {mins_half(hd.mn_lo, b03, 0), mins_half(hd.mn_lo, b03, 1)};
-            const __m256i c23[2] = {mins_half(hd.mn_hi, b47, 0), mins_half(hd.mn_hi, b47, 1)};
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) accm[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(chunk_mins(j < 2 ? c01 : c23, j)), dm, accm[t]);
+            accm[t] = mins_chain(&hd, y, dmin, accm[t]);
         }
         /* j and h stay loops: unrolled, the body outgrows the registers and spills */
 #pragma GCC unroll 1
